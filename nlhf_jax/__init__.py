@@ -1,0 +1,8 @@
+"""nlhf-jax: Nash learning from human feedback in JAX/Flax.
+
+Sub-packages:
+  tabular: exact preference games on probability vectors, their Nash equilibria and every
+    algorithm of the NLHF family run exactly (``python -m nlhf_jax.tabular``).
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,38 @@
+"""nlhf-jax: Nash learning from human feedback in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="nlhf-jax",
+    version="0.1.0",
+    description="Nash learning from human feedback (Nash-MD, Nash-MP, INPO, IPO-MD) in JAX/Flax",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["nlhf_jax", "nlhf_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.6",
+        "flax>=0.10",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11",
+        "chex>=0.1.88",
+        "ml-collections>=1.0",
+        "transformers>=4.45",
+        "tokenizers>=0.20",
+        "tensorflow-datasets>=4.9.7",
+        "safetensors>=0.4",
+        "numpy>=1.26",
+        "scipy>=1.11",
+        "matplotlib>=3.8",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "nbformat>=5.9",
+            "nbclient>=0.10",
+            "ipykernel>=6.29",
+            "ruff>=0.6",
+        ],
+    },
+)
