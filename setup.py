@@ -12,15 +12,15 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.6",
-        "flax>=0.10",
+        "flax>=0.12",
         "optax>=0.2.4",
         "orbax-checkpoint>=0.11",
         "chex>=0.1.88",
         "ml-collections>=1.0",
-        "transformers>=4.45",
+        "transformers>=5.0",  # its RoPE config format; no Flax models needed
         "tokenizers>=0.20",
         "tensorflow-datasets>=4.9.7",
-        "safetensors>=0.4",
+        "safetensors>=0.5",
         "numpy>=1.26",
         "scipy>=1.11",
         "matplotlib>=3.8",
@@ -33,6 +33,8 @@ setup(
             "nbclient>=0.10",
             "ipykernel>=6.29",
             "ruff>=0.6",
+            # Golden parity of our transformer against transformers' PyTorch models (CPU build).
+            "torch==2.13.0",
         ],
     },
 )

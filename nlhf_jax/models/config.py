@@ -1,0 +1,170 @@
+"""Static shape and numerics settings of the decoder-only transformer, and named presets."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+# The logical axis names every parameter is annotated with. `nlhf_jax.parallel` maps them to mesh
+# axes; keep this list and its rules in sync.
+LOGICAL_AXES = ("layers", "vocab", "embed", "heads", "kv_heads", "head_dim", "mlp")
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """Llama-3 style frequency-dependent RoPE scaling (HF `rope_type="llama3"`).
+
+    Attributes:
+      factor: how much longer the target context is than `original_max_position_embeddings`.
+      low_freq_factor: wavelengths longer than `original / low_freq_factor` are divided by `factor`.
+      high_freq_factor: wavelengths shorter than `original / high_freq_factor` are left unchanged;
+        those in between are interpolated smoothly.
+      original_max_position_embeddings: the context length the model was pretrained with.
+    """
+
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+    """Architecture of a Llama/Qwen2-family decoder. Frozen and hashable: pass it statically to jit.
+
+    Attributes:
+      vocab_size: rows of the embedding table (may exceed the tokenizer's vocabulary).
+      d_model: width of the residual stream.
+      num_layers: number of decoder blocks; their parameters are stacked and scanned over.
+      num_heads: query heads.
+      num_kv_heads: key/value heads; `num_heads % num_kv_heads == 0` (grouped-query attention).
+      head_dim: width of one attention head.
+      mlp_dim: hidden width of the SwiGLU MLP.
+      rope_theta: base of the rotary position embedding frequencies.
+      rope_scaling: optional Llama-3 frequency scaling; None for plain RoPE.
+      rms_norm_eps: epsilon inside the RMSNorm square root.
+      tie_embeddings: if True the output projection is the transposed embedding table.
+      qkv_bias: if True the q, k and v projections have biases (Qwen2).
+      param_dtype: storage dtype of the parameters.
+      dtype: compute dtype of matmuls and activations (bfloat16 on accelerators, float32 on CPU).
+        Norms, softmax and the returned logits are always float32.
+      max_position_embeddings: the longest context the checkpoint is meant for (informational,
+        written back on HF export).
+      init_std: standard deviation of the normal initializer of every matrix.
+    """
+
+    vocab_size: int
+    d_model: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    mlp_dim: int
+    rope_theta: float = 10_000.0
+    rope_scaling: RopeScaling | None = None
+    rms_norm_eps: float = 1e-6
+    tie_embeddings: bool = True
+    qkv_bias: bool = False
+    param_dtype: str = "float32"
+    dtype: str = "float32"
+    max_position_embeddings: int = 2048
+    init_std: float = 0.02
+
+    def __post_init__(self):
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}"
+            )
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
+        for field in ("param_dtype", "dtype"):
+            jnp.dtype(getattr(self, field))  # Fails early on an unknown dtype name.
+
+    @property
+    def jnp_dtype(self) -> jnp.dtype:
+        """The compute dtype as a numpy dtype."""
+        return jnp.dtype(self.dtype)
+
+    @property
+    def jnp_param_dtype(self) -> jnp.dtype:
+        """The parameter dtype as a numpy dtype."""
+        return jnp.dtype(self.param_dtype)
+
+    def replace(self, **changes) -> TransformerConfig:
+        """Returns a copy with `changes` applied (e.g. `dtype="bfloat16"`)."""
+        return dataclasses.replace(self, **changes)
+
+
+PRESETS: dict[str, TransformerConfig] = {
+    # Small enough to train on 2 CPU cores in tests and the default task.
+    "toy": TransformerConfig(
+        vocab_size=512,
+        d_model=128,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=32,
+        mlp_dim=384,
+        max_position_embeddings=512,
+    ),
+    "llama-3.2-1b": TransformerConfig(
+        vocab_size=128_256,
+        d_model=2048,
+        num_layers=16,
+        num_heads=32,
+        num_kv_heads=8,
+        head_dim=64,
+        mlp_dim=8192,
+        rope_theta=500_000.0,
+        rope_scaling=RopeScaling(32.0, 1.0, 4.0, 8192),
+        rms_norm_eps=1e-5,
+        tie_embeddings=True,
+        param_dtype="bfloat16",
+        dtype="bfloat16",
+        max_position_embeddings=131_072,
+    ),
+    "qwen2-0.5b": TransformerConfig(
+        vocab_size=151_936,
+        d_model=896,
+        num_layers=24,
+        num_heads=14,
+        num_kv_heads=2,
+        head_dim=64,
+        mlp_dim=4864,
+        rope_theta=1_000_000.0,
+        rms_norm_eps=1e-6,
+        tie_embeddings=True,
+        qkv_bias=True,
+        param_dtype="bfloat16",
+        dtype="bfloat16",
+        max_position_embeddings=32_768,
+    ),
+    "qwen2-1.5b": TransformerConfig(
+        vocab_size=151_936,
+        d_model=1536,
+        num_layers=28,
+        num_heads=12,
+        num_kv_heads=2,
+        head_dim=128,
+        mlp_dim=8960,
+        rope_theta=1_000_000.0,
+        rms_norm_eps=1e-6,
+        tie_embeddings=True,
+        qkv_bias=True,
+        param_dtype="bfloat16",
+        dtype="bfloat16",
+        max_position_embeddings=32_768,
+    ),
+}
+
+
+def get_preset(name: str, **overrides) -> TransformerConfig:
+    """Returns the preset `name` (see `PRESETS`) with `overrides` applied.
+
+    Raises:
+      KeyError: naming the unknown preset and the known ones.
+    """
+    if name not in PRESETS:
+        raise KeyError(f"unknown transformer preset {name!r}; known: {sorted(PRESETS)}")
+    return PRESETS[name].replace(**overrides)

@@ -1,0 +1,298 @@
+"""Load and save Llama/Qwen2 checkpoints in the Hugging Face layout (config.json + safetensors).
+
+transformers 5 has no Flax models, so weights are read and written with `safetensors` and mapped
+to our parameter tree here; `transformers.AutoConfig` reads the config. A directory written by
+`save_pretrained` loads with `transformers.AutoModelForCausalLM.from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import safetensors
+import safetensors.numpy
+import transformers
+from flax import nnx
+
+from nlhf_jax.models.config import RopeScaling, TransformerConfig
+from nlhf_jax.models.transformer import Transformer
+
+SUPPORTED = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+_WEIGHTS = "model.safetensors"
+_INDEX = "model.safetensors.index.json"
+# Buffers some exporters write that carry no learned state; anything else unknown is an error.
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def _read_config_json(path: str) -> dict:
+    config_file = os.path.join(path, "config.json")
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"no config.json in checkpoint directory: {config_file}")
+    with open(config_file) as f:
+        raw = json.load(f)
+    model_type = raw.get("model_type")
+    if model_type not in SUPPORTED:
+        raise ValueError(
+            f"{config_file}: unsupported architecture model_type={model_type!r} "
+            f"(architectures={raw.get('architectures')}); supported: {sorted(SUPPORTED)}"
+        )
+    return raw
+
+
+def config_from_hf(
+    hf_config: transformers.PretrainedConfig,
+    *,
+    dtype: str = "float32",
+    param_dtype: str = "float32",
+) -> TransformerConfig:
+    """Translates a transformers Llama/Qwen2 config; raises on features our model lacks."""
+    model_type = hf_config.model_type
+    if model_type not in SUPPORTED:
+        raise ValueError(f"unsupported architecture {model_type!r}; supported: {sorted(SUPPORTED)}")
+    unsupported = []
+    if getattr(hf_config, "hidden_act", "silu") != "silu":
+        unsupported.append(f"hidden_act={hf_config.hidden_act!r} (only 'silu')")
+    if getattr(hf_config, "mlp_bias", False):
+        unsupported.append("mlp_bias=True")
+    if model_type == "llama" and getattr(hf_config, "attention_bias", False):
+        unsupported.append("attention_bias=True (o_proj bias)")
+    if getattr(hf_config, "use_sliding_window", False):
+        unsupported.append("use_sliding_window=True")
+    rope = dict(getattr(hf_config, "rope_parameters", None) or {})
+    rope_type = rope.get("rope_type", "default")
+    rope_scaling = None
+    if rope_type == "llama3":
+        rope_scaling = RopeScaling(
+            factor=float(rope["factor"]),
+            low_freq_factor=float(rope["low_freq_factor"]),
+            high_freq_factor=float(rope["high_freq_factor"]),
+            original_max_position_embeddings=int(rope["original_max_position_embeddings"]),
+        )
+    elif rope_type != "default":
+        unsupported.append(f"rope_type={rope_type!r} (only 'default' and 'llama3')")
+    if unsupported:
+        raise ValueError(f"unsupported {model_type} config: {', '.join(unsupported)}")
+    num_heads = hf_config.num_attention_heads
+    head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // num_heads
+    return TransformerConfig(
+        vocab_size=hf_config.vocab_size,
+        d_model=hf_config.hidden_size,
+        num_layers=hf_config.num_hidden_layers,
+        num_heads=num_heads,
+        num_kv_heads=getattr(hf_config, "num_key_value_heads", None) or num_heads,
+        head_dim=head_dim,
+        mlp_dim=hf_config.intermediate_size,
+        rope_theta=float(rope.get("rope_theta", getattr(hf_config, "rope_theta", 10_000.0))),
+        rope_scaling=rope_scaling,
+        rms_norm_eps=hf_config.rms_norm_eps,
+        tie_embeddings=bool(hf_config.tie_word_embeddings),
+        qkv_bias=model_type == "qwen2",  # Qwen2 always has q/k/v biases, Llama (here) never.
+        param_dtype=param_dtype,
+        dtype=dtype,
+        max_position_embeddings=hf_config.max_position_embeddings,
+    )
+
+
+def hf_config_from(config: TransformerConfig, **overrides) -> transformers.PretrainedConfig:
+    """The transformers config of `config`: Qwen2 if it has q/k/v biases, else Llama.
+
+    `overrides` (e.g. `bos_token_id=1`) are passed to the transformers config constructor.
+    """
+    c = config
+    rope = {"rope_type": "default", "rope_theta": c.rope_theta}
+    if c.rope_scaling is not None:
+        s = c.rope_scaling
+        rope.update(
+            rope_type="llama3",
+            factor=s.factor,
+            low_freq_factor=s.low_freq_factor,
+            high_freq_factor=s.high_freq_factor,
+            original_max_position_embeddings=s.original_max_position_embeddings,
+        )
+    model_type = "qwen2" if c.qkv_bias else "llama"
+    kwargs = dict(
+        vocab_size=c.vocab_size,
+        hidden_size=c.d_model,
+        intermediate_size=c.mlp_dim,
+        num_hidden_layers=c.num_layers,
+        num_attention_heads=c.num_heads,
+        num_key_value_heads=c.num_kv_heads,
+        rms_norm_eps=c.rms_norm_eps,
+        tie_word_embeddings=c.tie_embeddings,
+        max_position_embeddings=c.max_position_embeddings,
+        rope_parameters=rope,
+        architectures=[SUPPORTED[model_type]],
+        dtype=c.param_dtype,
+    )
+    if model_type == "qwen2":
+        if c.head_dim * c.num_heads != c.d_model:
+            raise ValueError(
+                f"Qwen2 configs cannot express head_dim={c.head_dim} != d_model / num_heads = "
+                f"{c.d_model} / {c.num_heads}"
+            )
+        kwargs.update(use_sliding_window=False)
+        return transformers.Qwen2Config(**(kwargs | overrides))
+    kwargs.update(head_dim=c.head_dim, attention_bias=False, mlp_bias=False)
+    return transformers.LlamaConfig(**(kwargs | overrides))
+
+
+def _hf_layout(c: TransformerConfig) -> Iterator[tuple[tuple[str, ...], str, tuple[int, ...], str]]:
+    """Yields (our param path, HF tensor name with `{i}` for the layer, HF shape, kind).
+
+    kind "linear": HF stores [out, in] and ours is in-major: ours = W.T reshaped.
+    kind "direct": same element order, ours = W reshaped.
+    """
+    d, q_out, kv_out = c.d_model, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+    yield ("embed",), "model.embed_tokens.weight", (c.vocab_size, d), "direct"
+    attn = "model.layers.{i}.self_attn"
+    for name, shape in (("q", (q_out, d)), ("k", (kv_out, d)), ("v", (kv_out, d))):
+        yield ("layers", "attn", f"{name}_proj"), f"{attn}.{name}_proj.weight", shape, "linear"
+        if c.qkv_bias:
+            bias = f"{attn}.{name}_proj.bias"
+            yield ("layers", "attn", f"{name}_bias"), bias, shape[:1], "direct"
+    yield ("layers", "attn", "o_proj"), f"{attn}.o_proj.weight", (d, q_out), "linear"
+    mlp = "model.layers.{i}.mlp"
+    yield ("layers", "mlp", "gate_proj"), f"{mlp}.gate_proj.weight", (c.mlp_dim, d), "linear"
+    yield ("layers", "mlp", "up_proj"), f"{mlp}.up_proj.weight", (c.mlp_dim, d), "linear"
+    yield ("layers", "mlp", "down_proj"), f"{mlp}.down_proj.weight", (d, c.mlp_dim), "linear"
+    norm = ("scale",)
+    yield ("layers", "attn_norm", *norm), "model.layers.{i}.input_layernorm.weight", (d,), "direct"
+    yield (
+        ("layers", "mlp_norm", *norm),
+        "model.layers.{i}.post_attention_layernorm.weight",
+        (d,),
+        "direct",
+    )
+    yield ("final_norm", *norm), "model.norm.weight", (d,), "direct"
+    if not c.tie_embeddings:
+        yield ("lm_head",), "lm_head.weight", (c.vocab_size, d), "linear"
+
+
+class _TensorReader:
+    """Reads named tensors from `model.safetensors` or the shards of its index."""
+
+    def __init__(self, path: str):
+        single, index = os.path.join(path, _WEIGHTS), os.path.join(path, _INDEX)
+        if os.path.isfile(single):
+            with safetensors.safe_open(single, "np") as f:
+                self.file_of = dict.fromkeys(f.keys(), single)
+        elif os.path.isfile(index):
+            with open(index) as f:
+                weight_map = json.load(f)["weight_map"]
+            self.file_of = {k: os.path.join(path, v) for k, v in weight_map.items()}
+            for shard in sorted(set(self.file_of.values())):
+                if not os.path.isfile(shard):
+                    raise FileNotFoundError(f"{index} lists shard {shard}, which does not exist")
+        else:
+            raise FileNotFoundError(f"no weights in {path}: neither {single} nor {index} exists")
+        self._open: dict[str, object] = {}
+
+    def get(self, name: str) -> np.ndarray:
+        file = self.file_of[name]
+        if file not in self._open:
+            self._open[file] = safetensors.safe_open(file, "np")
+        return self._open[file].get_tensor(name)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        file = self.file_of[name]
+        if file not in self._open:
+            self._open[file] = safetensors.safe_open(file, "np")
+        return tuple(self._open[file].get_slice(name).get_shape())
+
+
+def load_pretrained(
+    path: str, *, dtype: str = "float32", param_dtype: str = "float32"
+) -> Transformer:
+    """Loads a Llama/Qwen2 checkpoint directory into a `Transformer`.
+
+    Args:
+      path: directory with config.json and model.safetensors (or model.safetensors.index.json
+        and its shards).
+      dtype: compute dtype of the returned model.
+      param_dtype: dtype the weights are cast to.
+
+    Raises:
+      FileNotFoundError: naming the missing file.
+      ValueError: on an unsupported architecture, a missing or unexpected tensor, or a tensor
+        whose shape differs from what config.json implies (named, with both shapes).
+    """
+    _read_config_json(path)
+    hf_config = transformers.AutoConfig.from_pretrained(path)
+    config = config_from_hf(hf_config, dtype=dtype, param_dtype=param_dtype)
+    reader = _TensorReader(path)
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))))
+    pure = nnx.to_pure_dict(abstract)
+    used = set()
+    for our_path, hf_name, hf_shape, kind in _hf_layout(config):
+        layers = range(config.num_layers) if our_path[0] == "layers" else [None]
+        parts = []
+        for i in layers:
+            name = hf_name.format(i=i)
+            if name not in reader.file_of:
+                raise ValueError(f"{path}: checkpoint lacks tensor {name}")
+            found = reader.shape(name)
+            if found != hf_shape:
+                raise ValueError(
+                    f"{path}: parameter {name} has shape {found}, but config.json implies "
+                    f"{hf_shape}; the weights are from another model shape"
+                )
+            w = reader.get(name)
+            parts.append(w.T if kind == "linear" else w)
+            used.add(name)
+        array = np.stack(parts) if layers[0] is not None else parts[0]
+        leaf = pure
+        for key in our_path[:-1]:
+            leaf = leaf[key]
+        target = leaf[our_path[-1]]
+        leaf[our_path[-1]] = jnp.asarray(array.reshape(target.shape), dtype=target.dtype)
+    # A tied checkpoint may still carry a (duplicate) lm_head.weight; it is the embedding.
+    tied_head = {"lm_head.weight"} if config.tie_embeddings else set()
+    unexpected = sorted(
+        n
+        for n in reader.file_of
+        if n not in used and n not in tied_head and not n.endswith(_IGNORED_SUFFIXES)
+    )
+    if unexpected:
+        raise ValueError(
+            f"{path}: {len(unexpected)} tensors not used by a {hf_config.model_type} model of "
+            f"this config, e.g. {unexpected[:5]}"
+        )
+    nnx.replace_by_pure_dict(abstract, pure)
+    return nnx.merge(graphdef, abstract)
+
+
+def to_hf_tensors(model: Transformer) -> dict[str, np.ndarray]:
+    """The model's weights as HF-named numpy arrays (in the parameter dtype)."""
+    config = model.config
+    pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    tensors = {}
+    for our_path, hf_name, hf_shape, kind in _hf_layout(config):
+        value = pure
+        for key in our_path:
+            value = value[key]
+        value = np.asarray(jax.device_get(value))
+        per_layer = list(value) if our_path[0] == "layers" else [value]
+        for i, w in enumerate(per_layer):
+            w = w.reshape(hf_shape[::-1]).T if kind == "linear" else w.reshape(hf_shape)
+            tensors[hf_name.format(i=i)] = np.ascontiguousarray(w)
+    return tensors
+
+
+def save_pretrained(model: Transformer, path: str, **hf_config_overrides) -> None:
+    """Writes config.json and model.safetensors that transformers' PyTorch classes load.
+
+    Args:
+      model: the model to export (Qwen2 layout if it has q/k/v biases, else Llama).
+      path: output directory, created if needed.
+      **hf_config_overrides: extra transformers config fields, e.g. `eos_token_id`.
+    """
+    os.makedirs(path, exist_ok=True)
+    hf_config_from(model.config, **hf_config_overrides).save_pretrained(path)
+    safetensors.numpy.save_file(
+        to_hf_tensors(model), os.path.join(path, _WEIGHTS), metadata={"format": "pt"}
+    )

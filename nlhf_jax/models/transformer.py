@@ -1,0 +1,357 @@
+"""Decoder-only Llama/Qwen2-family transformer in Flax NNX, with an explicit KV-cache pytree.
+
+Parameter tree (`nnx.state(model)`), with logical axis names in each Param's `out_sharding`:
+
+    embed                  [vocab, embed]                          ("vocab", "embed")
+    layers.attn_norm.scale [layers, embed]                         ("layers", "embed")
+    layers.attn.q_proj     [layers, embed, heads, head_dim]        ("layers", "embed", "heads", ...)
+    layers.attn.k_proj     [layers, embed, kv_heads, head_dim]     (..., "kv_heads", "head_dim")
+    layers.attn.v_proj     [layers, embed, kv_heads, head_dim]
+    layers.attn.{q,k,v}_bias  [layers, (kv_)heads, head_dim]       only if `config.qkv_bias`
+    layers.attn.o_proj     [layers, heads, head_dim, embed]
+    layers.mlp_norm.scale  [layers, embed]
+    layers.mlp.gate_proj   [layers, embed, mlp]
+    layers.mlp.up_proj     [layers, embed, mlp]
+    layers.mlp.down_proj   [layers, mlp, embed]
+    final_norm.scale       [embed]
+    lm_head                [embed, vocab]                          only if not `tie_embeddings`
+
+Layers are stacked on a leading axis and run with `jax.lax.scan`, so compile time does not grow
+with depth. Jitted code should call `forward` on the `nnx.split` state, not the module.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from nlhf_jax.models.config import TransformerConfig
+
+Array = jax.Array
+_NEG_INF = float(jnp.finfo(jnp.float32).min)  # Finite, so fully masked rows stay NaN-free.
+
+
+@flax.struct.dataclass
+class KVCache:
+    """Keys and values of every layer, written slot by slot. A pytree: donate it to jit.
+
+    Rows share slot indices, which is what makes left-padded prompts cheap: a prefill writes all
+    rows at slots [0, t) and each decode step writes every row at slot `end`. Padding slots are
+    marked invalid in `key_valid` and are never attended to. RoPE positions are per row and are
+    passed to `forward` separately, so they need not equal the slot index.
+
+    Attributes:
+      k: keys after RoPE, [layers, batch, max_len, kv_heads, head_dim].
+      v: values, [layers, batch, max_len, kv_heads, head_dim].
+      key_valid: bool [batch, max_len]; True where the slot holds a real (non-padding) token.
+      end: int32 scalar; slots [0, end) have been written. Writing past `max_len` is undefined
+        (dynamic_update_slice clamps), so allocate `prompt_len + max_new_tokens` slots.
+    """
+
+    k: Array
+    v: Array
+    key_valid: Array
+    end: Array
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[2]
+
+
+def init_cache(
+    config: TransformerConfig, batch: int, max_len: int, dtype: str | jnp.dtype | None = None
+) -> KVCache:
+    """Returns an empty cache for `batch` rows and `max_len` slots (dtype defaults to compute)."""
+    dtype = jnp.dtype(dtype or config.dtype)
+    shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim)
+    return KVCache(
+        k=jnp.zeros(shape, dtype),
+        v=jnp.zeros(shape, dtype),
+        key_valid=jnp.zeros((batch, max_len), bool),
+        end=jnp.zeros((), jnp.int32),
+    )
+
+
+def positions_from_mask(mask_bt: Array) -> Array:
+    """RoPE positions of (left- or right-) padded rows: 0 at each row's first real token."""
+    return jnp.maximum(jnp.cumsum(mask_bt.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def _param(rngs: nnx.Rngs, init, shape: tuple[int, ...], axes: tuple[str, ...], dtype) -> nnx.Param:
+    # eager_sharding=False: the names are logical, not mesh axes; `parallel` maps them later.
+    init = nnx.with_partitioning(init, axes, eager_sharding=False)
+    return nnx.Param(init(rngs.params(), shape, dtype))
+
+
+class RMSNorm(nnx.Module):
+    """Root-mean-square norm; the statistic is taken in float32 whatever the compute dtype."""
+
+    def __init__(self, dim: int, eps: float, param_dtype, *, rngs: nnx.Rngs):
+        self.scale = _param(rngs, nnx.initializers.ones, (dim,), ("embed",), param_dtype)
+        self.eps = eps
+
+    def __call__(self, x_btd: Array) -> Array:
+        x32 = x_btd.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        # Cast before scaling, as HF does, so bf16 runs round at the same place.
+        return self.scale[...].astype(x_btd.dtype) * normed.astype(x_btd.dtype)
+
+
+def rope_inv_freq(config: TransformerConfig) -> Array:
+    """Inverse frequencies [head_dim // 2] of RoPE, with Llama-3 scaling if configured."""
+    exponent = jnp.arange(0, config.head_dim, 2, dtype=jnp.float32) / config.head_dim
+    inv_freq = 1.0 / (config.rope_theta**exponent)
+    s = config.rope_scaling
+    if s is None:
+        return inv_freq
+    wavelen = 2 * math.pi / inv_freq
+    original = s.original_max_position_embeddings
+    # Long wavelengths are stretched by `factor`, short ones kept, the band between interpolated.
+    smooth = (original / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor)
+    smoothed = (1 - smooth) * inv_freq / s.factor + smooth * inv_freq
+    low_freq_wavelen = original / s.low_freq_factor
+    high_freq_wavelen = original / s.high_freq_factor
+    scaled = jnp.where(wavelen > low_freq_wavelen, inv_freq / s.factor, inv_freq)
+    is_medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
+    return jnp.where(is_medium, smoothed, scaled)
+
+
+def apply_rope(x_btnh: Array, positions_bt: Array, inv_freq_h: Array) -> Array:
+    """Rotates halves (HF `rotate_half` layout) of every head by per-row positions."""
+    angles_bth = positions_bt[..., None].astype(jnp.float32) * inv_freq_h
+    angles_bth = jnp.concatenate([angles_bth, angles_bth], axis=-1)
+    cos = jnp.cos(angles_bth)[:, :, None, :].astype(x_btnh.dtype)
+    sin = jnp.sin(angles_bth)[:, :, None, :].astype(x_btnh.dtype)
+    x1, x2 = jnp.split(x_btnh, 2, axis=-1)
+    return x_btnh * cos + jnp.concatenate([-x2, x1], axis=-1) * sin
+
+
+# (k_btkh, v_btkh) -> (keys_bskh, values_bskh, carry): where a layer's new keys go (a cache or not).
+KVUpdate = Callable[[Array, Array], tuple[Array, Array, object]]
+
+
+class Attention(nnx.Module):
+    """Grouped-query attention with RoPE and optional q/k/v biases."""
+
+    def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+        c, pd = config, config.jnp_param_dtype
+        normal = nnx.initializers.normal(c.init_std)
+        zeros = nnx.initializers.zeros
+        self.q_proj = _param(
+            rngs, normal, (c.d_model, c.num_heads, c.head_dim), ("embed", "heads", "head_dim"), pd
+        )
+        kv_shape = (c.d_model, c.num_kv_heads, c.head_dim)
+        kv_axes = ("embed", "kv_heads", "head_dim")
+        self.k_proj = _param(rngs, normal, kv_shape, kv_axes, pd)
+        self.v_proj = _param(rngs, normal, kv_shape, kv_axes, pd)
+        self.o_proj = _param(
+            rngs, normal, (c.num_heads, c.head_dim, c.d_model), ("heads", "head_dim", "embed"), pd
+        )
+        if c.qkv_bias:
+            self.q_bias = _param(rngs, zeros, (c.num_heads, c.head_dim), ("heads", "head_dim"), pd)
+            self.k_bias = _param(rngs, zeros, kv_shape[1:], kv_axes[1:], pd)
+            self.v_bias = _param(rngs, zeros, kv_shape[1:], kv_axes[1:], pd)
+        self.config = config
+
+    def __call__(
+        self,
+        x_btd: Array,
+        positions_bt: Array,
+        inv_freq_h: Array,
+        mask_bts: Array,
+        kv_update: KVUpdate,
+    ) -> tuple[Array, object]:
+        c, dt = self.config, self.config.jnp_dtype
+        q = jnp.einsum("btd,dnh->btnh", x_btd, self.q_proj[...].astype(dt))
+        k = jnp.einsum("btd,dkh->btkh", x_btd, self.k_proj[...].astype(dt))
+        v = jnp.einsum("btd,dkh->btkh", x_btd, self.v_proj[...].astype(dt))
+        if c.qkv_bias:
+            q = q + self.q_bias[...].astype(dt)
+            k = k + self.k_bias[...].astype(dt)
+            v = v + self.v_bias[...].astype(dt)
+        q = apply_rope(q, positions_bt, inv_freq_h)
+        k = apply_rope(k, positions_bt, inv_freq_h)
+        keys_bskh, values_bskh, carry = kv_update(k, v)
+        b, t = x_btd.shape[:2]
+        group = c.num_heads // c.num_kv_heads
+        # Query head n uses kv head n // group, as HF's repeat_kv does.
+        q_btkgh = q.reshape(b, t, c.num_kv_heads, group, c.head_dim)
+        scores = jnp.einsum(
+            "btkgh,bskh->bkgts", q_btkgh, keys_bskh.astype(dt), preferred_element_type=jnp.float32
+        ) * (c.head_dim**-0.5)
+        scores = jnp.where(mask_bts[:, None, None], scores, _NEG_INF)
+        probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+        out = jnp.einsum("bkgts,bskh->btkgh", probs, values_bskh.astype(dt))
+        out = out.reshape(b, t, c.num_heads, c.head_dim)
+        return jnp.einsum("btnh,nhd->btd", out, self.o_proj[...].astype(dt)), carry
+
+
+class MLP(nnx.Module):
+    """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+        c, pd = config, config.jnp_param_dtype
+        normal = nnx.initializers.normal(c.init_std)
+        self.gate_proj = _param(rngs, normal, (c.d_model, c.mlp_dim), ("embed", "mlp"), pd)
+        self.up_proj = _param(rngs, normal, (c.d_model, c.mlp_dim), ("embed", "mlp"), pd)
+        self.down_proj = _param(rngs, normal, (c.mlp_dim, c.d_model), ("mlp", "embed"), pd)
+        self.dtype = c.jnp_dtype
+
+    def __call__(self, x_btd: Array) -> Array:
+        dt = self.dtype
+        gate = jax.nn.silu(x_btd @ self.gate_proj[...].astype(dt))
+        return (gate * (x_btd @ self.up_proj[...].astype(dt))) @ self.down_proj[...].astype(dt)
+
+
+class Block(nnx.Module):
+    """Pre-norm decoder block: x + attn(norm(x)), then + mlp(norm(.))."""
+
+    def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+        pd = config.jnp_param_dtype
+        self.attn_norm = RMSNorm(config.d_model, config.rms_norm_eps, pd, rngs=rngs)
+        self.attn = Attention(config, rngs=rngs)
+        self.mlp_norm = RMSNorm(config.d_model, config.rms_norm_eps, pd, rngs=rngs)
+        self.mlp = MLP(config, rngs=rngs)
+
+    def __call__(self, x_btd, positions_bt, inv_freq_h, mask_bts, kv_update):
+        h, carry = self.attn(self.attn_norm(x_btd), positions_bt, inv_freq_h, mask_bts, kv_update)
+        x_btd = x_btd + h
+        return x_btd + self.mlp(self.mlp_norm(x_btd)), carry
+
+
+def _stacked_blocks(config: TransformerConfig, rngs: nnx.Rngs) -> Block:
+    """`num_layers` blocks whose params are stacked on a leading "layers" axis."""
+
+    @nnx.split_rngs(splits=config.num_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def create(rngs: nnx.Rngs) -> Block:
+        return Block(config, rngs=rngs)
+
+    return create(rngs)
+
+
+class Transformer(nnx.Module):
+    """Decoder-only transformer; see the module docstring for the parameter tree."""
+
+    def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+        c, pd = config, config.jnp_param_dtype
+        normal = nnx.initializers.normal(c.init_std)
+        self.config = config
+        self.embed = _param(rngs, normal, (c.vocab_size, c.d_model), ("vocab", "embed"), pd)
+        self.layers = _stacked_blocks(config, rngs)
+        self.final_norm = RMSNorm(c.d_model, c.rms_norm_eps, pd, rngs=rngs)
+        if not c.tie_embeddings:
+            self.lm_head = _param(rngs, normal, (c.d_model, c.vocab_size), ("embed", "vocab"), pd)
+
+    def hidden(
+        self,
+        tokens_bt: Array,
+        positions_bt: Array,
+        cache: KVCache | None = None,
+        input_mask_bt: Array | None = None,
+    ) -> tuple[Array, KVCache | None]:
+        """Final-normed hidden states [b, t, d_model] (compute dtype) and the updated cache.
+
+        Without a cache, attention is causal within `tokens_bt` and skips keys where
+        `input_mask_bt` is False. With one, the tokens are written at slots
+        [cache.end, cache.end + t) and attend to every valid earlier slot.
+        """
+        c, dt = self.config, self.config.jnp_dtype
+        b, t = tokens_bt.shape
+        if input_mask_bt is None:
+            input_mask_bt = jnp.ones((b, t), bool)
+        input_mask_bt = input_mask_bt.astype(bool)
+        x_btd = jnp.take(self.embed[...], tokens_bt, axis=0).astype(dt)
+        inv_freq_h = rope_inv_freq(c)
+        if cache is None:
+            causal_ts = jnp.tril(jnp.ones((t, t), bool))
+            mask_bts = causal_ts[None] & input_mask_bt[:, None, :]
+            kv_carry = (None, None)
+        else:
+            end = cache.end
+            key_valid_bs = jax.lax.dynamic_update_slice(cache.key_valid, input_mask_bt, (0, end))
+            # Causal in slot order (all rows share slots), and never onto a padding slot.
+            causal_ts = jnp.arange(cache.max_len)[None, :] <= (end + jnp.arange(t))[:, None]
+            mask_bts = causal_ts[None] & key_valid_bs[:, None, :]
+            kv_carry = (cache.k, cache.v)
+
+        layer_def, layer_state = nnx.split(self.layers)
+
+        def body(carry, xs):
+            x_btd, (k_cache, v_cache) = carry
+            i, state = xs
+
+            def kv_update(k_btkh, v_btkh):
+                if k_cache is None:
+                    return k_btkh, v_btkh, (None, None)
+                # Write into the carried stacked cache in place; only layer i's slots change.
+                at = (i, 0, cache.end, 0, 0)
+                kc = jax.lax.dynamic_update_slice(k_cache, k_btkh[None].astype(k_cache.dtype), at)
+                vc = jax.lax.dynamic_update_slice(v_cache, v_btkh[None].astype(v_cache.dtype), at)
+                return kc[i], vc[i], (kc, vc)
+
+            block = nnx.merge(layer_def, state)
+            x_btd, kv = block(x_btd, positions_bt, inv_freq_h, mask_bts, kv_update)
+            return (x_btd, kv), None
+
+        xs = (jnp.arange(c.num_layers), layer_state)
+        (x_btd, (k, v)), _ = jax.lax.scan(body, (x_btd, kv_carry), xs)
+        new_cache = None
+        if cache is not None:
+            new_cache = KVCache(k=k, v=v, key_valid=key_valid_bs, end=cache.end + t)
+        return self.final_norm(x_btd), new_cache
+
+    def logits(self, h_btd: Array) -> Array:
+        """Float32 logits [b, t, vocab] from final-normed hidden states."""
+        dt = self.config.jnp_dtype
+        if self.config.tie_embeddings:
+            w_dv = self.embed[...].astype(dt).T
+        else:
+            w_dv = self.lm_head[...].astype(dt)
+        return jnp.einsum("btd,dv->btv", h_btd, w_dv, preferred_element_type=jnp.float32)
+
+    def __call__(self, tokens_bt, positions_bt, cache=None, input_mask_bt=None):
+        h_btd, cache = self.hidden(tokens_bt, positions_bt, cache, input_mask_bt)
+        return self.logits(h_btd), cache
+
+
+def forward(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    tokens_bt: Array,
+    positions_bt: Array,
+    cache: KVCache | None = None,
+    *,
+    input_mask_bt: Array | None = None,
+) -> tuple[Array, KVCache | None]:
+    """Pure forward pass on split state: `(logits_btv float32, new_cache)`.
+
+    Args:
+      graphdef, state: from `nnx.split(model)`, done once outside jit.
+      tokens_bt: int token ids.
+      positions_bt: int RoPE positions per row (see `positions_from_mask` for padded rows).
+      cache: None for a full causal pass (training); else a `KVCache` to write into and read from
+        (prefill with the whole left-padded prompt, then one token per decode step).
+      input_mask_bt: bool, False on padding tokens; they are never attended to. Default all True.
+
+    Returns:
+      Logits [b, t, vocab] in float32 (garbage but finite at padding positions) and the updated
+      cache (None if none was given).
+    """
+    model = nnx.merge(graphdef, state)
+    return model(tokens_bt, positions_bt, cache, input_mask_bt)
+
+
+def forward_full(
+    graphdef: nnx.GraphDef, state: nnx.State, tokens_bt: Array, input_mask_bt: Array
+) -> Array:
+    """Training forward without a cache: causal + padding mask, positions from the mask."""
+    logits_btv, _ = forward(
+        graphdef, state, tokens_bt, positions_from_mask(input_mask_bt), input_mask_bt=input_mask_bt
+    )
+    return logits_btv
