@@ -1,0 +1,323 @@
+"""Meshes from config, logical-axis rules, and sharded state and batches.
+
+Parameters carry logical axis names ("embed", "heads", ...) in their `out_sharding` metadata;
+`MeshConfig.rules` maps each name to mesh axes. Everything here uses classic jit-with-shardings
+(Auto mesh axes): a step is compiled once with explicit in/out shardings and XLA propagates the
+activations' shardings.
+
+    config = MeshConfig(shape=(-1, 2, 2)); mesh = make_mesh(config)
+    graphdef, params, params_sh = init_sharded_model(make_model, seed, mesh, config.rules)
+    opt_state, opt_sh = init_sharded_opt_state(tx, params, mesh, config.rules)
+    step = jit_sharded(step_fn, (params_sh, opt_sh), batch_sharding(mesh, config.rules))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+# A logical name -> None (replicated), one mesh axis, or several (sharded over their product).
+MeshAxes = str | tuple[str, ...] | None
+Rules = tuple[tuple[str, MeshAxes], ...]
+
+DEFAULT_RULES: Rules = (
+    ("batch", ("data", "fsdp")),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+    ("head_dim", None),
+    ("layers", None),
+)
+
+
+def _as_axes(axes: Any) -> MeshAxes:
+    # ml_collections and JSON hand over lists; the config must stay hashable.
+    if axes is None or isinstance(axes, str):
+        return axes
+    return tuple(axes)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """A device mesh and the logical-axis rules of its parameters, as hashable data.
+
+    Build it from an ml_collections config with `MeshConfig(**config.mesh)`; lists become tuples.
+
+    Attributes:
+      axes: mesh axis names, e.g. ("data", "fsdp", "tensor").
+      shape: size of each axis; at most one -1, which takes the remaining devices.
+      rules: (logical name, mesh axes) pairs; every logical name a parameter uses must appear.
+    """
+
+    axes: tuple[str, ...] = ("data", "fsdp", "tensor")
+    shape: tuple[int, ...] = (-1, 1, 1)
+    rules: Rules = DEFAULT_RULES
+
+    def __post_init__(self):
+        object.__setattr__(self, "axes", tuple(self.axes))
+        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        rules = tuple((str(name), _as_axes(axes)) for name, axes in dict(self.rules).items())
+        object.__setattr__(self, "rules", rules)
+        if len(self.axes) != len(self.shape) or len(set(self.axes)) != len(self.axes):
+            raise ValueError(
+                f"mesh axes {self.axes} and shape {self.shape} must have the same length and "
+                "distinct names"
+            )
+        if any(s == 0 or s < -1 for s in self.shape) or self.shape.count(-1) > 1:
+            raise ValueError(
+                f"mesh shape {self.shape}: sizes must be positive, with at most one -1"
+            )
+        for name, axes in self.rules:
+            unknown = set((axes,) if isinstance(axes, str) else axes or ()) - set(self.axes)
+            if unknown:
+                raise ValueError(f"rule {name!r} -> {axes} names unknown mesh axes {unknown}")
+
+    def resolved_shape(self, num_devices: int) -> tuple[int, ...]:
+        """The shape with -1 filled in; raises ValueError naming the shape and device count."""
+        known = math.prod(s for s in self.shape if s != -1)
+        shape = tuple(num_devices // known if s == -1 else s for s in self.shape)
+        if math.prod(shape) != num_devices or num_devices % known:
+            raise ValueError(
+                f"mesh shape {self.shape} over axes {self.axes} does not fit {num_devices} "
+                f"devices (fixed sizes multiply to {known})"
+            )
+        return shape
+
+
+def make_mesh(config: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """Returns a mesh with Auto axis types over `devices` (default: all, across processes)."""
+    devices = jax.devices() if devices is None else list(devices)
+    shape = config.resolved_shape(len(devices))
+    auto = (AxisType.Auto,) * len(shape)
+    return jax.make_mesh(shape, config.axes, axis_types=auto, devices=devices)
+
+
+def logical_to_spec(
+    logical_axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules: Rules
+) -> PartitionSpec:
+    """Maps one array's logical axis names to a PartitionSpec on `mesh`.
+
+    A dimension falls back to replication when its size is not divisible by the product of its
+    mesh axes' sizes (kv_heads=2 on tensor=2 shards; a vocab of 17 on tensor=2 is replicated), or
+    when an earlier dimension of the same array already uses one of those mesh axes.
+
+    Raises:
+      KeyError: if a logical name has no rule (a new name must be given a rule on purpose).
+    """
+    rule_of = dict(rules)
+    used: set[str] = set()
+    spec = []
+    for name, size in zip(logical_axes, shape, strict=True):
+        if name is None:
+            spec.append(None)
+            continue
+        if name not in rule_of:
+            raise KeyError(f"logical axis {name!r} has no rule; rules cover {sorted(rule_of)}")
+        axes = rule_of[name]
+        axes = () if axes is None else (axes,) if isinstance(axes, str) else axes
+        fits = size % math.prod(mesh.shape[a] for a in axes) == 0
+        if not axes or not fits or used & set(axes):
+            spec.append(None)
+            continue
+        used.update(axes)
+        spec.append(axes[0] if len(axes) == 1 else axes)
+    return PartitionSpec(*spec)
+
+
+def logical_shardings(tree: Any, mesh: Mesh, rules: Rules) -> Any:
+    """NamedShardings for every leaf of `tree` (arrays or ShapeDtypeStructs, e.g. `nnx.eval_shape`).
+
+    Leaves inside an `nnx.Variable` with logical `out_sharding` metadata are sharded by `rules`.
+    This covers optax state too: adam's `mu`/`nu` are built with `tree_map` over the params and
+    keep each Param's metadata. Leaves without metadata, or whose rank differs from their metadata
+    (e.g. factored second moments), are replicated.
+    """
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def one(x):
+        if not isinstance(x, nnx.Variable):
+            return replicated
+        axes, shape = x.get_metadata().get("out_sharding"), tuple(x.get_value().shape)
+        if axes is None or len(axes) != len(shape):
+            return x.replace(replicated)
+        return x.replace(NamedSharding(mesh, logical_to_spec(axes, shape, mesh, rules)))
+
+    return jax.tree.map(one, tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def sharded_initializer(
+    make_model: Callable[[nnx.Rngs], nnx.Module], mesh: Mesh, rules: Rules
+) -> tuple[nnx.GraphDef, nnx.State, Callable[[jax.Array], nnx.State]]:
+    """Returns `(graphdef, shardings, init)`: `init(key)` builds the state straight into shards.
+
+    The model is traced abstractly (`nnx.eval_shape`) to read shapes and logical axes; `init` is
+    the model's constructor under `jax.jit` with those `out_shardings`, so each device computes
+    only its own shards and no device ever holds the whole model.
+    """
+    abstract = nnx.eval_shape(lambda: make_model(nnx.Rngs(jax.random.key(0))))
+    graphdef, abstract_state = nnx.split(abstract)
+    shardings = logical_shardings(abstract_state, mesh, rules)
+    init = jax.jit(lambda key: nnx.split(make_model(nnx.Rngs(key)))[1], out_shardings=shardings)
+    return graphdef, shardings, init
+
+
+def init_sharded_model(
+    make_model: Callable[[nnx.Rngs], nnx.Module],
+    seed: int | jax.Array,
+    mesh: Mesh,
+    rules: Rules,
+) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+    """Builds a model's state directly in its shards (see `sharded_initializer`).
+
+    Args:
+      make_model: builds the model from `nnx.Rngs`, e.g. `lambda r: Transformer(config, rngs=r)`.
+      seed: int seed or PRNG key; the same seed gives the same values on any mesh.
+      mesh, rules: from `make_mesh` and `MeshConfig.rules`.
+
+    Returns:
+      `(graphdef, state, shardings)`: the state's arrays are sharded as `shardings` says.
+    """
+    graphdef, shardings, init = sharded_initializer(make_model, mesh, rules)
+    # nnx.Rngs accepts a traced key but not a traced int, so an int seed becomes a key here.
+    key = jax.random.key(seed) if isinstance(seed, int) else seed
+    return graphdef, init(key), shardings
+
+
+def init_sharded_opt_state(tx, params: Any, mesh: Mesh, rules: Rules) -> tuple[Any, Any]:
+    """Returns `(opt_state, shardings)` with moments sharded like their params.
+
+    Plain `jax.jit(tx.init)` would put the whole state on one device; the out_shardings avoid it.
+    """
+    shardings = logical_shardings(jax.eval_shape(tx.init, params), mesh, rules)
+    return jax.jit(tx.init, out_shardings=shardings)(params), shardings
+
+
+def batch_sharding(mesh: Mesh, rules: Rules) -> NamedSharding:
+    """Sharding of [batch, ...] arrays: the leading axis over the "batch" rule's mesh axes."""
+    axes = _as_axes(dict(rules).get("batch"))
+    return NamedSharding(mesh, PartitionSpec(axes))
+
+
+def shard_batch(batch: Mapping[str, Any], sharding: NamedSharding) -> dict[str, jax.Array]:
+    """Puts a host batch (dict of [batch, ...] arrays) on the mesh, split along its first axis.
+
+    With several processes each one passes its own rows (global batch / process count) and
+    `jax.make_array_from_process_local_data` assembles the global array.
+
+    Raises:
+      ValueError: if the (global) batch size is not divisible by the batch axes' device count.
+    """
+    spec = sharding.spec[0] if sharding.spec else None
+    axes = () if spec is None else (spec,) if isinstance(spec, str) else spec
+    ways = math.prod(sharding.mesh.shape[a] for a in axes)
+    out = {}
+    for key, local in batch.items():
+        global_rows = np.shape(local)[0] * jax.process_count()
+        if global_rows % ways:
+            raise ValueError(
+                f"batch[{key!r}] has {global_rows} rows in all, not divisible by the {ways} "
+                f"devices of mesh axes {axes}"
+            )
+        if jax.process_count() == 1:
+            out[key] = jax.device_put(local, sharding)
+        else:
+            out[key] = jax.make_array_from_process_local_data(sharding, np.asarray(local))
+    return out
+
+
+def jit_sharded(
+    step: Callable, state_shardings: Any, batch_shardings: Any, *, donate: bool = True
+) -> Callable:
+    """Compiles `step(state, batch, rng) -> (state, metrics)` with explicit shardings.
+
+    The state keeps `state_shardings` in and out (and is donated, so its buffers are reused);
+    the batch arrives with `batch_shardings` (one NamedSharding covers a whole dict); the rng and
+    the metrics are replicated.
+    """
+    mesh = jax.tree.leaves(batch_shardings)[0].mesh
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.jit(
+        step,
+        in_shardings=(state_shardings, batch_shardings, replicated),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=(0,) if donate else (),
+    )
+
+
+def _int_env(env: Mapping[str, str], name: str) -> int:
+    try:
+        return int(env[name])
+    except ValueError:
+        raise ValueError(f"environment variable {name}={env[name]!r} is not an integer") from None
+
+
+# Cluster environments `jax.distributed.initialize()` detects by itself, and the variable that
+# holds their process count (a job of one process needs no coordinator).
+_AUTO_DETECTED = (
+    ("SLURM_JOB_ID", "SLURM_NTASKS"),
+    ("OMPI_MCA_orte_hnp_uri", "OMPI_COMM_WORLD_SIZE"),
+    ("TPU_WORKER_HOSTNAMES", None),
+)
+
+
+def distributed_init_args(env: Mapping[str, str] | None = None) -> dict[str, Any] | None:
+    """Keyword arguments for `jax.distributed.initialize`, or None on a single-process job.
+
+    `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID` name a job explicitly
+    (all three or none). Otherwise a SLURM, Open MPI or multi-worker TPU environment returns {}
+    so that jax detects the job itself.
+
+    Raises:
+      ValueError: on a partial or malformed explicit set of variables.
+    """
+    env = os.environ if env is None else env
+    explicit = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+    present = [k for k in explicit if env.get(k)]
+    if present:
+        missing = [k for k in explicit if k not in present]
+        if missing:
+            raise ValueError(f"{present} are set but {missing} are not; set all three or none")
+        num_processes = _int_env(env, "JAX_NUM_PROCESSES")
+        process_id = _int_env(env, "JAX_PROCESS_ID")
+        if not 0 <= process_id < num_processes:
+            raise ValueError(f"JAX_PROCESS_ID={process_id} not in [0, {num_processes})")
+        if num_processes == 1:
+            return None
+        return dict(
+            coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
+            num_processes=num_processes,
+            process_id=process_id,
+        )
+    for marker, count_var in _AUTO_DETECTED:
+        if marker not in env:
+            continue
+        if count_var is None:  # TPU: one hostname per worker.
+            multi = len(env[marker].split(",")) > 1
+        else:
+            multi = count_var in env and _int_env(env, count_var) > 1
+        if multi:
+            return {}
+    return None
+
+
+def maybe_initialize_distributed(env: Mapping[str, str] | None = None) -> bool:
+    """Starts `jax.distributed` on a multi-process job; a no-op on one host. Call it first.
+
+    Returns:
+      True if this call initialized the distributed runtime.
+    """
+    args = distributed_init_args(env)
+    if args is None or jax.distributed.is_initialized():
+        return False
+    jax.distributed.initialize(**args)
+    return True
