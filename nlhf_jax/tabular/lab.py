@@ -68,44 +68,23 @@ def make_games(cfg: LabConfig):
 def algorithm_table(cfg: LabConfig):
     """name -> (description, f(P, mu, key) -> trajectory [steps + 1, n]) for one context."""
     tau, T, b = cfg.tau, cfg.steps, cfg.beta_mix
+    # The exact methods ignore the key; only Nash-MD-PG samples.
+    exact = lambda f, **kw: lambda P, mu, key: f(P, mu, tau, T, **kw)
+    pg = lambda P, mu, key: sampled.nash_md_pg(
+        P, mu, tau, T, key, beta=b, lr=cfg.pg_lr, batch_size=cfg.pg_batch
+    )
     return {
-        "nash_md": ("Nash-MD, eta_t = 2/(tau(t+2))", lambda P, mu, k: alg.nash_md(P, mu, tau, T)),
-        "omd": (
-            "online mirror descent, same eta_t",
-            lambda P, mu, k: alg.online_mirror_descent(P, mu, tau, T),
-        ),
-        "nash_mp": (
-            "Nash mirror prox, eta = 2 beta (2 queries/iter)",
-            lambda P, mu, k: alg.nash_mirror_prox(P, mu, tau, T),
-        ),
-        "egpo": (
-            "extragradient (EGPO), lr = 1/(beta+1)",
-            lambda P, mu, k: alg.extragradient(P, mu, tau, T),
-        ),
-        "inpo": ("INPO rounds, tau/eta = 1/3", lambda P, mu, k: alg.inpo(P, mu, tau, T)),
-        "online_ipo": (
-            "online IPO, natural-gradient lr 0.05",
-            lambda P, mu, k: alg.online_ipo(P, mu, tau, T),
-        ),
-        "ipo_md": (f"IPO-MD, beta = {b}", lambda P, mu, k: alg.ipo_md(P, mu, tau, T, beta=b)),
-        "fictitious_play": (
-            "fictitious play (average iterate)",
-            lambda P, mu, k: alg.fictitious_play(P, mu, tau, T),
-        ),
-        "sppo": (
-            "SPPO / MWU self-play, no KL, eta = 1/tau",
-            lambda P, mu, k: alg.sppo(P, mu, tau, T),
-        ),
-        "nash_md_pg": (
-            f"Nash-MD-PG, sampled pairs, beta = {b}",
-            lambda P, mu, k: sampled.nash_md_pg(
-                P, mu, tau, T, k, beta=b, lr=cfg.pg_lr, batch_size=cfg.pg_batch
-            ),
-        ),
-        "bt_rlhf": (
-            "BT reward from pairs ~ mu, then RLHF",
-            lambda P, mu, k: sampled.bt_rlhf(P, mu, tau, T),
-        ),
+        "nash_md": ("Nash-MD, eta_t = 2/(tau(t+2))", exact(alg.nash_md)),
+        "omd": ("online mirror descent, same eta_t", exact(alg.online_mirror_descent)),
+        "nash_mp": ("Nash mirror prox, eta = 2 beta (2 queries/iter)", exact(alg.nash_mirror_prox)),
+        "egpo": ("extragradient (EGPO), lr = 1/(beta+1)", exact(alg.extragradient)),
+        "inpo": ("INPO rounds, tau/eta = 1/3", exact(alg.inpo)),
+        "online_ipo": ("online IPO, natural-gradient lr 0.05", exact(alg.online_ipo)),
+        "ipo_md": (f"IPO-MD, beta = {b}", exact(alg.ipo_md, beta=b)),
+        "fictitious_play": ("fictitious play (average iterate)", exact(alg.fictitious_play)),
+        "sppo": ("SPPO / MWU self-play, no KL, eta = 1/tau", exact(alg.sppo)),
+        "nash_md_pg": (f"Nash-MD-PG, sampled pairs, beta = {b}", pg),
+        "bt_rlhf": ("BT reward from pairs ~ mu, then RLHF", exact(sampled.bt_rlhf)),
     }
 
 
