@@ -1,0 +1,89 @@
+"""Checkpoints of a training run: orbax CheckpointManager plus a run identity check.
+
+A workdir holds one run: ``run.json`` records what the state's shapes depend on (the method and
+the model config). Opening a workdir whose ``run.json`` differs raises before anything is written,
+so a checkpoint of another model is never overwritten nor half-restored. orbax writes each step
+to a temporary directory and renames it when complete, so a kill mid-save leaves nothing that a
+restart would load (the temporary directory is cleaned up on the next start).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+RUN_FILE = "run.json"
+
+
+def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, "<missing>"), new.get(key, "<missing>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _diff(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} in the checkpoint, {b!r} now")
+    return out
+
+
+class Checkpoints:
+    """Saves and restores ``{state, data}`` at integer steps under ``workdir/checkpoints``.
+
+    Args:
+      workdir: the run's directory (created if missing).
+      identity: JSON-serialisable description of what the state's structure depends on.
+      max_to_keep: how many recent checkpoints to keep.
+      async_save: write in a background thread (the training step continues meanwhile).
+    """
+
+    def __init__(self, workdir: str, identity: dict, *, max_to_keep: int = 3, async_save=True):
+        os.makedirs(workdir, exist_ok=True)
+        run_file = os.path.join(workdir, RUN_FILE)
+        identity = json.loads(json.dumps(identity))  # normalise tuples to lists
+        if os.path.exists(run_file):
+            with open(run_file) as f:
+                previous = json.load(f)
+            differences = _diff(previous, identity)
+            if differences:
+                raise ValueError(
+                    f"{workdir} holds a checkpoint of another run; refusing to touch it. "
+                    "Use another --workdir. Differences: " + "; ".join(differences)
+                )
+        else:
+            tmp = run_file + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(identity, f, indent=2, sort_keys=True)
+            os.replace(tmp, run_file)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True
+        )
+        self.manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), options=options)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Any, data_state: dict) -> None:
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
+        )
+        self.manager.save(step, args=args, force=True)
+
+    def restore(self, step: int, like_state: Any) -> tuple[Any, dict]:
+        """Restores the state into the structure, shapes and shardings of ``like_state``."""
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like_state)
+        args = ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()
+        )
+        restored = self.manager.restore(step, args=args)
+        return restored["state"], restored["data"]
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()

@@ -1,0 +1,159 @@
+"""The host loop: the only place with I/O. Data, checkpoints, metrics, progress, signals.
+
+``run(trainer, workdir, ...)`` drives any method through the same loop: it resumes from the
+latest checkpoint in ``workdir`` (state, data iterator and RNG, so the resumed run equals an
+uninterrupted one), saves every ``checkpoint_every`` steps, on SIGTERM and at the end, writes
+metrics to stdout and ``metrics.jsonl``, evaluates every ``eval_every`` steps and shows progress.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import jax
+import numpy as np
+
+from nlhf_jax.train.checkpoint import Checkpoints
+
+
+class DataIterator(Protocol):
+    """A batch iterator whose position can be saved and restored exactly."""
+
+    def __next__(self) -> dict: ...
+
+    def get_state(self) -> dict: ...
+
+    def set_state(self, state: dict) -> None: ...
+
+
+@dataclasses.dataclass
+class Trainer:
+    """What a method hands to the host loop.
+
+    Attributes:
+      init_state: builds the initial train state (a pytree).
+      step: the jitted pure step ``(state, batch) -> (state, metrics)``.
+      data: the training batches.
+      identity: what the state's structure depends on (checked against the workdir).
+      evaluate: optional ``state -> metrics`` run every ``eval_every`` steps and at the end.
+    """
+
+    init_state: Callable[[], Any]
+    step: Callable[[Any, dict], tuple[Any, dict]]
+    data: DataIterator
+    identity: dict
+    evaluate: Callable[[Any], dict] | None = None
+
+
+class MetricsWriter:
+    """Appends one JSON object per line to ``workdir/metrics.jsonl`` and prints a summary."""
+
+    def __init__(self, workdir: str, quiet: bool = False):
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.quiet = quiet
+
+    def write(self, step: int, kind: str, metrics: dict) -> None:
+        row = {"step": step, "kind": kind, **{k: _to_float(v) for k, v in metrics.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if not self.quiet:
+            body = "  ".join(f"{k}={_fmt(v)}" for k, v in row.items() if k not in ("step", "kind"))
+            print(f"[{kind} step {step}] {body}", flush=True)
+
+
+def _to_float(v):
+    a = np.asarray(v)
+    return float(a) if a.size == 1 else a.tolist()
+
+
+def _fmt(v):
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+class _Progress:
+    """A one-line progress bar on stderr: step, rate and time left."""
+
+    def __init__(self, start: int, total: int):
+        self.start, self.total, self.t0 = start, total, time.time()
+
+    def update(self, step: int) -> None:
+        done = step - self.start
+        rate = done / max(time.time() - self.t0, 1e-9)
+        left = (self.total - step) / rate if rate > 0 else float("inf")
+        width = 30
+        filled = int(width * step / max(self.total, 1))
+        bar = "#" * filled + "." * (width - filled)
+        sys.stderr.write(f"\r[{bar}] {step}/{self.total}  {rate:.2f} step/s  {left:.0f}s left ")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        sys.stderr.write("\n")
+
+
+def run(
+    trainer: Trainer,
+    workdir: str,
+    *,
+    num_steps: int,
+    checkpoint_every: int = 100,
+    eval_every: int = 0,
+    log_every: int = 10,
+    max_to_keep: int = 3,
+    async_checkpoints: bool = True,
+    stop_after: int | None = None,
+    quiet: bool = False,
+) -> Any:
+    """Trains to ``num_steps`` (resuming from ``workdir``); returns the final state.
+
+    ``stop_after`` stops (and checkpoints) once that many steps ran in this call: what a
+    preemption does, used by the resume tests.
+    """
+    ckpt = Checkpoints(
+        workdir, trainer.identity, max_to_keep=max_to_keep, async_save=async_checkpoints
+    )
+    writer = MetricsWriter(workdir, quiet=quiet)
+    state = trainer.init_state()
+    start = ckpt.latest_step() or 0
+    if start:
+        state, data_state = ckpt.restore(start, state)
+        trainer.data.set_state(data_state)
+        if not quiet:
+            print(f"resumed from {workdir} at step {start}", flush=True)
+    stop = {"signal": False}
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(signal=True))
+    progress = None if quiet else _Progress(start, num_steps)
+    step, ran = start, 0
+    try:
+        while step < num_steps:
+            state, metrics = trainer.step(state, next(trainer.data))
+            # Blocking each step keeps CPU collectives from deadlocking (ENVIRONMENT.md) and
+            # makes the progress rate honest; it costs nothing the next step would not wait for.
+            metrics = jax.device_get(jax.block_until_ready(metrics))
+            step, ran = step + 1, ran + 1
+            if step % log_every == 0 or step == num_steps:
+                writer.write(step, "train", metrics)
+            if trainer.evaluate and eval_every and step % eval_every == 0 and step < num_steps:
+                writer.write(step, "eval", trainer.evaluate(state))
+            interrupted = stop["signal"] or (stop_after is not None and ran >= stop_after)
+            if step % checkpoint_every == 0 or step == num_steps or interrupted:
+                ckpt.save(step, state, trainer.data.get_state())
+            if progress:
+                progress.update(step)
+            if interrupted:
+                break
+        if step == num_steps and trainer.evaluate:
+            writer.write(step, "eval", trainer.evaluate(state))
+    finally:
+        if progress:
+            progress.close()
+        signal.signal(signal.SIGTERM, previous)
+        ckpt.close()
+    return state
+
