@@ -20,7 +20,11 @@ setup(
         "transformers>=5.0",  # its RoPE config format; no Flax models needed
         "tokenizers>=0.20",
         "tensorflow-datasets>=4.9.7",
+        "importlib_resources",  # imported by tfds while building, not declared by it
         "safetensors>=0.5",
+        "grain>=0.2.10",  # data pipelines with checkpointable iterator state
+        "pyarrow>=14",  # Parquet preference files
+        "absl-py>=2.0",  # ml_collections config flags of the python -m entry points
         "numpy>=1.26",
         "scipy>=1.11",
         "matplotlib>=3.8",

@@ -1,0 +1,370 @@
+"""tfds builders that need no TensorFlow: array_record files, read back with `as_data_source`.
+
+Three builders, each written under `data_dir/<builder>/<name>/<version>`:
+  * `PreferencePairs`: JSONL/Parquet preference files in any layout of `readers.PAIR_LAYOUTS`.
+  * `Prompts`: JSONL/Parquet files with a `prompt` field.
+  * `GeneratedRecords`: any records from Python iterables (the synthetic task, tokenized data),
+    with the features given by the caller; token-id fields are variable-length int32 vectors.
+
+Records keep the order of the input (`disable_shuffling=True`); the grain pipeline shuffles.
+Atomicity: tfds writes into `incomplete.*` beside the final directory and renames it only after
+every split is written, and deletes it when generation raises, so a failed build leaves nothing
+that a later run would load (tested in tests/data/test_builders.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from nlhf_jax.data import readers
+
+_log = logging.getLogger(__name__)
+
+_VERSION = tfds.core.Version("1.0.0")
+
+# Shorthand feature names accepted by `build_records`.
+_FEATURE_SHORTHANDS = {
+    "tokens": lambda: tfds.features.Tensor(shape=(None,), dtype=np.int32),
+    "text": tfds.features.Text,
+    "float32": lambda: tfds.features.Scalar(dtype=np.float32),
+    "int32": lambda: tfds.features.Scalar(dtype=np.int32),
+    "bool": lambda: tfds.features.Scalar(dtype=np.bool_),
+}
+
+Files = str | Sequence[str] | Mapping[str, str | Sequence[str]]
+
+
+@dataclasses.dataclass(frozen=True)
+class BuiltDataset:
+    """A dataset on disk.
+
+    Attributes:
+      dataset_dir: the directory `tfds.builder_from_directory` reads (ends in the version).
+      num_examples: examples written per split.
+      skipped: rows dropped per split under `on_error="skip"` (0 with "raise").
+      skipped_messages: the first few `file:row:field: why` messages per split.
+    """
+
+    dataset_dir: str
+    num_examples: dict[str, int]
+    skipped: dict[str, int]
+    skipped_messages: dict[str, list[str]]
+
+    def source(self, split: str = "train"):
+        """The split as a random-access source (`len`, `[i]`) of numpy dicts, for grain."""
+        return load_source(self.dataset_dir, split)
+
+
+def load_source(dataset_dir: str, split: str = "train"):
+    """Opens one split of a built dataset as a random-access source; text fields are bytes."""
+    return tfds.builder_from_directory(dataset_dir).as_data_source(split=split)
+
+
+def load_dataset(dataset_dir: str) -> BuiltDataset:
+    """Describes a dataset that an earlier build wrote to `dataset_dir`."""
+    info = tfds.builder_from_directory(dataset_dir).info
+    return _describe(dataset_dir, info)
+
+
+def _describe(dataset_dir: str, info: tfds.core.DatasetInfo) -> BuiltDataset:
+    metadata = dict(info.metadata or {})
+    return BuiltDataset(
+        dataset_dir=str(dataset_dir),
+        num_examples={name: split.num_examples for name, split in info.splits.items()},
+        skipped=dict(metadata.get("skipped_rows", {})),
+        skipped_messages=dict(metadata.get("skipped_messages", {})),
+    )
+
+
+def _split_files(files: Files) -> dict[str, list[str]]:
+    if isinstance(files, str):
+        return {"train": [files]}
+    if isinstance(files, Mapping):
+        return {k: [v] if isinstance(v, str) else list(v) for k, v in files.items()}
+    return {"train": list(files)}
+
+
+def _fingerprint(files: dict[str, list[str]]) -> dict[str, list[list[Any]]]:
+    """Path, size and mtime of every input: a reused dataset must come from the same files."""
+    return {
+        split: [[os.path.abspath(p), os.path.getsize(p), os.path.getmtime(p)] for p in paths]
+        for split, paths in files.items()
+    }
+
+
+class _FileRowsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Shared code of the file builders: per-split files, skip counting, metadata."""
+
+    VERSION = _VERSION
+    url_infos = None  # nothing to download; tfds's lookup needs `importlib_resources`
+
+    def __init__(self, *, files: dict[str, list[str]], on_error: str, **kwargs):
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f'on_error must be "raise" or "skip", got {on_error!r}')
+        self._files = files
+        self._on_error = on_error
+        self._skipped: dict[str, readers.SkippedRows] = {}
+        super().__init__(**kwargs)
+
+    def _features(self) -> tfds.features.FeaturesDict:
+        raise NotImplementedError
+
+    def _read(self, path: str, skipped: readers.SkippedRows):
+        raise NotImplementedError
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        # DatasetInfo directly, not `dataset_info_from_configs`: the latter looks for metadata
+        # files beside the builder's module, which breaks for builders outside a tfds package.
+        return tfds.core.DatasetInfo(
+            builder=self,
+            features=self._features(),
+            disable_shuffling=True,
+            metadata=tfds.core.MetadataDict(),
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # local files only
+        return {split: self._generate_examples(split) for split in self._files}
+
+    def _generate_examples(self, split: str):
+        skipped = self._skipped.setdefault(split, readers.SkippedRows())
+        key = 0
+        for path in self._files[split]:
+            for record in self._read(path, skipped):
+                yield key, record
+                key += 1
+        if skipped.count:
+            _log.warning(
+                "%s: skipped %d malformed rows of split %r; first: %s",
+                self.name,
+                skipped.count,
+                split,
+                skipped.messages[0],
+            )
+        # Written with the dataset info after the last split, so readers see the counts too.
+        self.info.metadata["skipped_rows"] = {k: v.count for k, v in self._skipped.items()}
+        self.info.metadata["skipped_messages"] = {k: v.messages for k, v in self._skipped.items()}
+        self.info.metadata["inputs"] = _fingerprint(self._files)
+
+
+class PreferencePairs(_FileRowsBuilder):
+    """Preference pairs `{prompt, response_a, response_b, label = P(a > b), source}`."""
+
+    def __init__(self, *, layout: str | None = None, **kwargs):
+        if layout is not None and layout not in readers.PAIR_LAYOUTS:
+            raise ValueError(f"unknown layout {layout!r}; expected one of {readers.PAIR_LAYOUTS}")
+        self._layout = layout
+        super().__init__(**kwargs)
+
+    def _features(self):
+        return tfds.features.FeaturesDict(
+            {
+                "prompt": tfds.features.Text(),
+                "response_a": tfds.features.Text(),
+                "response_b": tfds.features.Text(),
+                "label": tfds.features.Scalar(dtype=np.float32),
+                "source": tfds.features.Text(),  # file:row, so later errors can name the row
+            }
+        )
+
+    def _read(self, path, skipped):
+        return readers.read_pairs(
+            path, layout=self._layout, on_error=self._on_error, skipped=skipped
+        )
+
+
+class Prompts(_FileRowsBuilder):
+    """Prompt-only records `{prompt, source}`."""
+
+    def _features(self):
+        return tfds.features.FeaturesDict(
+            {"prompt": tfds.features.Text(), "source": tfds.features.Text()}
+        )
+
+    def _read(self, path, skipped):
+        return readers.read_prompts(path, on_error=self._on_error, skipped=skipped)
+
+
+class GeneratedRecords(tfds.core.GeneratorBasedBuilder):
+    """Records from Python iterables, with caller-given features (see `build_records`)."""
+
+    VERSION = _VERSION
+    url_infos = None
+
+    def __init__(
+        self,
+        *,
+        features: Mapping[str, Any],
+        splits: Mapping[str, Iterable[Mapping[str, Any]]],
+        metadata: Mapping[str, Any] | None = None,
+        **kwargs,
+    ):
+        self._feature_spec = {k: _feature(k, v) for k, v in features.items()}
+        self._splits = splits
+        self._metadata = dict(metadata or {})
+        super().__init__(**kwargs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            features=tfds.features.FeaturesDict(dict(self._feature_spec)),
+            disable_shuffling=True,
+            metadata=tfds.core.MetadataDict(self._metadata),
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager
+        return {split: self._generate_examples(split) for split in self._splits}
+
+    def _generate_examples(self, split: str):
+        for index, example in enumerate(self._splits[split]):
+            yield index, _encode(example, self._feature_spec, f"{split}[{index}]")
+
+
+def _feature(name: str, spec: Any) -> tfds.features.FeatureConnector:
+    if isinstance(spec, tfds.features.FeatureConnector):
+        return spec
+    if spec not in _FEATURE_SHORTHANDS:
+        raise ValueError(f"feature {name!r}: {spec!r} is not one of {sorted(_FEATURE_SHORTHANDS)}")
+    return _FEATURE_SHORTHANDS[spec]()
+
+
+def _encode(example: Mapping[str, Any], spec: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Checks one generated example against the features; errors name `split[index]:field`."""
+    missing = set(spec) - set(example)
+    extra = set(example) - set(spec)
+    if missing or extra:
+        field = sorted(missing or extra)[0]
+        why = "missing field" if missing else "field not in the features"
+        raise readers.DataError("<generated>", where, field, why)
+    out = {}
+    for name, feature in spec.items():
+        value = example[name]
+        if isinstance(feature, tfds.features.Tensor) and feature.shape == (None,):
+            ids = np.asarray(value)
+            if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
+                raise readers.DataError(
+                    "<generated>", where, name, f"expected a 1-D integer sequence, got {ids.dtype}"
+                )
+            if ids.size and (ids.min() < 0 or ids.max() > np.iinfo(np.int32).max):
+                raise readers.DataError("<generated>", where, name, "token id outside int32 >= 0")
+            value = ids.astype(np.int32)
+        out[name] = value
+    return out
+
+
+def _prepare(builder: tfds.core.DatasetBuilder, overwrite: bool) -> BuiltDataset:
+    mode = (
+        tfds.download.GenerateMode.FORCE_REDOWNLOAD
+        if overwrite
+        else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
+    )
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(download_mode=mode))
+    return _describe(str(builder.data_dir), builder.info)
+
+
+def _build_from_files(cls, files: Files, data_dir: str, name: str, overwrite: bool, **kwargs):
+    split_files = _split_files(files)
+    builder = cls(
+        files=split_files,
+        data_dir=data_dir,
+        file_format="array_record",
+        config=tfds.core.BuilderConfig(name=name),
+        **kwargs,
+    )
+    if builder.is_prepared() and not overwrite:
+        stored = json.loads(json.dumps(builder.info.metadata.get("inputs", {})))
+        if stored != json.loads(json.dumps(_fingerprint(split_files))):
+            raise ValueError(
+                f"{builder.data_dir} was built from other or changed files; pass overwrite=True "
+                "to rebuild it"
+            )
+        _log.info("reusing %s", builder.data_dir)
+    return _prepare(builder, overwrite)
+
+
+def build_pairs(
+    files: Files,
+    data_dir: str,
+    *,
+    name: str = "default",
+    layout: str | None = None,
+    on_error: readers.OnError = "raise",
+    overwrite: bool = False,
+) -> BuiltDataset:
+    """Builds (or reuses) a preference-pair dataset from JSONL/Parquet files.
+
+    Args:
+      files: one path, a list of paths (split "train"), or `{split: path or paths}`.
+      data_dir: root directory; the dataset goes to `data_dir/preference_pairs/<name>/1.0.0`.
+      name: the dataset's config name, to keep several datasets under one data_dir.
+      layout: one of `readers.PAIR_LAYOUTS`, or None to detect it per file from the fields.
+      on_error: "raise" stops at the first malformed row; "skip" drops and counts such rows.
+      overwrite: rebuild even if the dataset exists (it is also rebuilt never silently: reusing a
+        dataset built from other or changed files raises).
+
+    Returns:
+      The dataset's directory, example counts and skipped-row counts.
+
+    Raises:
+      readers.DataError: a malformed row (`file:row:field: why`) with on_error="raise"; nothing
+        is left on disk.
+    """
+    return _build_from_files(
+        PreferencePairs, files, data_dir, name, overwrite, layout=layout, on_error=on_error
+    )
+
+
+def build_prompts(
+    files: Files,
+    data_dir: str,
+    *,
+    name: str = "default",
+    on_error: readers.OnError = "raise",
+    overwrite: bool = False,
+) -> BuiltDataset:
+    """Builds (or reuses) a prompt-only dataset; arguments as in `build_pairs`."""
+    return _build_from_files(Prompts, files, data_dir, name, overwrite, on_error=on_error)
+
+
+def build_records(
+    splits: Mapping[str, Iterable[Mapping[str, Any]]],
+    features: Mapping[str, Any],
+    data_dir: str,
+    *,
+    name: str,
+    metadata: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> BuiltDataset:
+    """Writes records from Python iterables as a dataset under `data_dir/generated_records/<name>`.
+
+    Args:
+      splits: `{split: iterable of example dicts}`; each iterable is consumed once, in order.
+      features: `{field: feature}`, a `tfds.features.FeatureConnector` or a shorthand: "tokens"
+        (variable-length int32 token ids), "text", "float32", "int32", "bool".
+      data_dir: root directory of the dataset.
+      name: the dataset's name (its config name), e.g. "prompts", "demonstrations", "pairs".
+      metadata: JSON-serialisable facts stored with the dataset (its `info.metadata`).
+      overwrite: rebuild even if the dataset exists; otherwise an existing one is reused as is.
+
+    Raises:
+      readers.DataError: an example misses a field, has an extra one, or a bad token sequence
+        (`<generated>:split[index]:field: why`); nothing is left on disk.
+    """
+    builder = GeneratedRecords(
+        features=features,
+        splits=splits,
+        metadata=metadata,
+        data_dir=data_dir,
+        file_format="array_record",
+        config=tfds.core.BuilderConfig(name=name),
+    )
+    return _prepare(builder, overwrite)

@@ -1,0 +1,318 @@
+"""grain pipelines: records -> token ids -> truncate -> pad -> shard per host -> shuffle -> batch.
+
+Batches are dicts of numpy arrays with fixed shapes (so a jitted step compiles once):
+  pairs:   prompt [b, P] int32, prompt_mask [b, P] bool, response_a [b, R] int32,
+           response_a_mask [b, R] bool, response_b [b, R] int32, response_b_mask [b, R] bool,
+           label [b] float32 (P(a > b))
+  sft:     prompt, prompt_mask, response [b, R] int32, response_mask [b, R] bool
+  prompts: prompt, prompt_mask
+Prompts are LEFT-padded (every prompt ends at column P-1, where generation continues) and
+truncated from the left (the end of a prompt is what the response answers); responses are
+RIGHT-padded and truncated from the right. `b` is the per-host batch size.
+
+A text field (str or bytes, as tfds data sources return it) is tokenized with the given
+tokenizer; an integer sequence is taken as token ids. The iterator's `get_state()` is
+JSON-serialisable and `set_state()` resumes at exactly the next batch, epochs included.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import grain
+import numpy as np
+
+_log = logging.getLogger(__name__)
+
+# The record fields each kind of batch reads, besides the prompt.
+_RESPONSES = {"pairs": ("response_a", "response_b"), "sft": ("response",), "prompts": ()}
+_FLAG_PROMPT = "_truncated_prompt"  # per-example flags, counted by BatchIterator then removed
+_FLAG_RESPONSES = "_truncated_responses"
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchOptions:
+    """Settings of a batch pipeline.
+
+    Attributes:
+      batch_size: examples per batch on this host.
+      max_prompt_len: P, the padded prompt length.
+      max_response_len: R, the padded response length (unused for prompt-only batches).
+      seed: shuffle seed; each epoch gets its own permutation derived from it.
+      num_epochs: passes over the data; None repeats forever.
+      shuffle: False keeps the source order (evaluation).
+      append_eos: append the EOS id to every response before truncation, so that a truncated
+        response has no EOS (it did not end there) and a complete one does.
+      on_long_prompt: "truncate" (counted, logged) or "error" (fail naming the file and row).
+      drop_remainder: drop a last, smaller batch of each run so every batch has b rows.
+      pad_id: the padding id (default: the tokenizer's pad id, else 0); masks mark real tokens.
+      eos_id: the EOS id for `append_eos` (default: the tokenizer's).
+      num_threads: grain prefetch threads; the batches do not depend on it.
+      prefetch_buffer_size: elements grain prepares ahead.
+    """
+
+    batch_size: int
+    max_prompt_len: int
+    max_response_len: int = 0
+    seed: int = 0
+    num_epochs: int | None = None
+    shuffle: bool = True
+    append_eos: bool = False
+    on_long_prompt: Literal["truncate", "error"] = "truncate"
+    drop_remainder: bool = True
+    pad_id: int | None = None
+    eos_id: int | None = None
+    num_threads: int = 2
+    prefetch_buffer_size: int = 64
+
+
+class _Encode:
+    """Turns one record into padded numpy arrays; a plain class so grain can pickle it."""
+
+    def __init__(self, kind: str, options: BatchOptions, tokenizer, pad_id: int, eos_id: int):
+        self.kind, self.options, self.tokenizer = kind, options, tokenizer
+        self.pad_id, self.eos_id = pad_id, eos_id
+
+    def _ids(self, record: Mapping[str, Any], field: str, where: str) -> np.ndarray:
+        if field not in record:
+            raise ValueError(f"{where}:{field}: missing field (record has {sorted(record)})")
+        value = record[field]
+        if isinstance(value, (bytes, str)):
+            if self.tokenizer is None:
+                raise ValueError(f"{where}:{field}: text record, but no tokenizer was given")
+            text = value.decode("utf-8") if isinstance(value, bytes) else value
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            return np.asarray(ids, dtype=np.int32)
+        return np.asarray(value, dtype=np.int32).reshape(-1)
+
+    def __call__(self, index: int, record: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        source = record.get("source")
+        if isinstance(source, bytes):
+            source = source.decode("utf-8")
+        where = source or f"record {index}"
+        opts = self.options
+        out: dict[str, np.ndarray] = {}
+
+        prompt = self._ids(record, "prompt", where)
+        if prompt.size == 0:
+            raise ValueError(f"{where}:prompt: no tokens")
+        long_prompt = prompt.size > opts.max_prompt_len
+        if long_prompt and opts.on_long_prompt == "error":
+            raise ValueError(
+                f"{where}:prompt: {prompt.size} tokens, longer than max_prompt_len="
+                f"{opts.max_prompt_len}"
+            )
+        prompt = prompt[-opts.max_prompt_len :]
+        out["prompt"], out["prompt_mask"] = _pad_left(prompt, opts.max_prompt_len, self.pad_id)
+        out[_FLAG_PROMPT] = np.bool_(long_prompt)
+
+        truncated = 0
+        for field in _RESPONSES[self.kind]:
+            response = self._ids(record, field, where)
+            if opts.append_eos:
+                response = np.append(response, np.int32(self.eos_id))
+            if response.size == 0:
+                raise ValueError(f"{where}:{field}: no tokens")
+            truncated += response.size > opts.max_response_len
+            response = response[: opts.max_response_len]
+            out[field], out[f"{field}_mask"] = _pad_right(
+                response, opts.max_response_len, self.pad_id
+            )
+        out[_FLAG_RESPONSES] = np.int32(truncated)
+        if self.kind == "pairs":
+            label = float(np.asarray(record["label"]))
+            if not 0.0 <= label <= 1.0:  # also catches NaN
+                raise ValueError(f"{where}:label: {label} is outside [0, 1]")
+            out["label"] = np.float32(label)
+        return out
+
+
+def _pad_left(ids_n: np.ndarray, length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    tokens_l = np.full(length, pad_id, np.int32)
+    mask_l = np.zeros(length, bool)
+    if ids_n.size:
+        tokens_l[-ids_n.size :] = ids_n
+        mask_l[-ids_n.size :] = True
+    return tokens_l, mask_l
+
+
+def _pad_right(ids_n: np.ndarray, length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    tokens_l = np.full(length, pad_id, np.int32)
+    mask_l = np.zeros(length, bool)
+    tokens_l[: ids_n.size] = ids_n
+    mask_l[: ids_n.size] = True
+    return tokens_l, mask_l
+
+
+class BatchIterator:
+    """Iterates numpy batches; counts and logs truncation; checkpoints with get/set_state.
+
+    Attributes:
+      counts: examples served, prompts truncated and responses truncated, over the whole run
+        (restored by `set_state`, so they survive a restart).
+    """
+
+    def __init__(self, dataset: grain.IterDataset, options: BatchOptions):
+        self._iterator = iter(dataset)
+        self._options = options
+        self.counts = {"examples": 0, "truncated_prompts": 0, "truncated_responses": 0}
+
+    def __iter__(self) -> BatchIterator:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batch = next(self._iterator)
+        # Counted when a batch is consumed (not when prefetched), so counts match the state.
+        prompts = int(np.sum(batch.pop(_FLAG_PROMPT)))
+        responses = int(np.sum(batch.pop(_FLAG_RESPONSES)))
+        before = dict(self.counts)
+        self.counts["examples"] += len(batch["prompt"])
+        self.counts["truncated_prompts"] += prompts
+        self.counts["truncated_responses"] += responses
+        for key, limit in (
+            ("truncated_prompts", self._options.max_prompt_len),
+            ("truncated_responses", self._options.max_response_len),
+        ):
+            # Log the first truncation and then each doubling: a count, not a line per example.
+            if self.counts[key] and _crossed_power_of_two(before[key], self.counts[key]):
+                _log.warning(
+                    "%s so far: %d (of %d examples served; limit %d tokens)",
+                    key.replace("_", " "),
+                    self.counts[key],
+                    self.counts["examples"],
+                    limit,
+                )
+        return batch
+
+    def get_state(self) -> dict[str, Any]:
+        """A JSON-serialisable state: grain's iterator state plus the counts."""
+        return {"grain": self._iterator.get_state(), "counts": dict(self.counts)}
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """Restores `get_state()`: the next batch is the one an uninterrupted run would yield."""
+        self._iterator.set_state(state["grain"])
+        self.counts = dict(state["counts"])
+
+
+def _crossed_power_of_two(before: int, after: int) -> bool:
+    return before == 0 or before.bit_length() < after.bit_length()
+
+
+def _shard_indices(n: int, process_index: int, process_count: int) -> slice:
+    """This host's share: every process_count-th record, the same number on every host."""
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    # Equal shards keep hosts in lockstep: a host that ran out of data early would stall the
+    # others in their next collective. The few records dropped are logged.
+    usable = n // process_count * process_count
+    if usable < n:
+        _log.warning(
+            "sharding %d records over %d hosts drops the last %d", n, process_count, n - usable
+        )
+    return slice(process_index, usable, process_count)
+
+
+def _batches(
+    kind: str,
+    source: Sequence[Mapping[str, Any]],
+    options: BatchOptions,
+    tokenizer,
+    process_index: int | None,
+    process_count: int | None,
+) -> BatchIterator:
+    if kind != "prompts" and options.max_response_len <= 0:
+        raise ValueError(f"{kind} batches need max_response_len > 0")
+    if options.on_long_prompt not in ("truncate", "error"):
+        raise ValueError(f"on_long_prompt must be 'truncate' or 'error': {options.on_long_prompt}")
+    pad_id = options.pad_id
+    if pad_id is None:
+        pad_id = getattr(tokenizer, "pad_token_id", None) or 0
+    eos_id = (
+        options.eos_id if options.eos_id is not None else getattr(tokenizer, "eos_token_id", None)
+    )
+    if options.append_eos and eos_id is None:
+        raise ValueError("append_eos needs eos_id or a tokenizer with an EOS token")
+    if process_index is None or process_count is None:
+        import jax  # only here: passing both makes the pipeline usable without a jax backend
+
+        process_index, process_count = jax.process_index(), jax.process_count()
+
+    encode = _Encode(kind, options, tokenizer, pad_id, eos_id)
+    # The index is attached before sharding and shuffling, so errors name the source record.
+    dataset = grain.MapDataset.source(source).map_with_index(encode)
+    dataset = dataset.slice(_shard_indices(len(source), process_index, process_count))
+    if len(dataset) < options.batch_size and options.drop_remainder:
+        raise ValueError(
+            f"host {process_index} has {len(dataset)} records, fewer than one batch "
+            f"({options.batch_size})"
+        )
+    if options.shuffle:
+        dataset = dataset.shuffle(seed=options.seed)  # a new permutation each epoch (reseeded)
+    if options.num_epochs != 1:
+        dataset = dataset.repeat(options.num_epochs)
+    # Batching after repeat lets a batch span an epoch boundary; no record is dropped except
+    # at the very end of a finite run (drop_remainder).
+    dataset = dataset.batch(options.batch_size, drop_remainder=options.drop_remainder)
+    read_options = grain.ReadOptions(
+        num_threads=options.num_threads, prefetch_buffer_size=options.prefetch_buffer_size
+    )
+    return BatchIterator(dataset.to_iter_dataset(read_options), options)
+
+
+def preference_batches(
+    source: Sequence[Mapping[str, Any]],
+    options: BatchOptions,
+    *,
+    tokenizer=None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> BatchIterator:
+    """Batches of preference pairs from records `{prompt, response_a, response_b, label}`.
+
+    Args:
+      source: a random-access source (`len`, `[i]`), e.g. `BuiltDataset.source("train")`.
+      options: lengths, batch size, shuffling, epochs.
+      tokenizer: an HF tokenizer for text fields; not needed when the fields are token ids.
+      process_index: this host (default `jax.process_index()`).
+      process_count: number of hosts (default `jax.process_count()`).
+
+    Returns:
+      An iterator of `{prompt, prompt_mask, response_a, response_a_mask, response_b,
+      response_b_mask, label}` batches (shapes in the module docstring).
+    """
+    return _batches("pairs", source, options, tokenizer, process_index, process_count)
+
+
+def sft_batches(
+    source: Sequence[Mapping[str, Any]],
+    options: BatchOptions,
+    *,
+    tokenizer=None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> BatchIterator:
+    """Batches of demonstrations `{prompt, response}`; arguments as in `preference_batches`.
+
+    Returns:
+      An iterator of `{prompt, prompt_mask, response, response_mask}` batches.
+    """
+    return _batches("sft", source, options, tokenizer, process_index, process_count)
+
+
+def prompt_batches(
+    source: Sequence[Mapping[str, Any]],
+    options: BatchOptions,
+    *,
+    tokenizer=None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> BatchIterator:
+    """Batches of prompts `{prompt}`; arguments as in `preference_batches`.
+
+    Returns:
+      An iterator of `{prompt, prompt_mask}` batches.
+    """
+    return _batches("prompts", source, options, tokenizer, process_index, process_count)
