@@ -1,12 +1,20 @@
 """Transformer policies and their HF interop.
 
 Public face: `TransformerConfig`, `get_preset`, `Transformer`, `forward`, `forward_full`,
-`KVCache`, `init_cache`, `positions_from_mask`. Checkpoint and tokenizer I/O live in the
-submodules `nlhf_jax.models.hf` and `nlhf_jax.models.tokenizer` (imported on demand, since
-they pull in transformers).
+`KVCache`, `init_cache`, `positions_from_mask`; the pairwise judges' models `PreferenceModel`,
+`RewardModel`, `preference_logits`, `reward_logits` (losses and input checks in
+`nlhf_jax.models.preference`, metrics in `nlhf_jax.models.metrics`). Checkpoint and tokenizer
+I/O live in the submodules `nlhf_jax.models.hf` and `nlhf_jax.models.tokenizer` (imported on
+demand, since they pull in transformers).
 """
 
 from nlhf_jax.models.config import PRESETS, RopeScaling, TransformerConfig, get_preset
+from nlhf_jax.models.preference import (
+    PreferenceModel,
+    RewardModel,
+    preference_logits,
+    reward_logits,
+)
 from nlhf_jax.models.transformer import (
     KVCache,
     Transformer,
@@ -19,6 +27,8 @@ from nlhf_jax.models.transformer import (
 __all__ = [
     "PRESETS",
     "KVCache",
+    "PreferenceModel",
+    "RewardModel",
     "RopeScaling",
     "Transformer",
     "TransformerConfig",
@@ -27,4 +37,6 @@ __all__ = [
     "get_preset",
     "init_cache",
     "positions_from_mask",
+    "preference_logits",
+    "reward_logits",
 ]

@@ -41,6 +41,7 @@ class Checkpoints:
     """
 
     def __init__(self, workdir: str, identity: dict, *, max_to_keep: int = 3, async_save=True):
+        workdir = os.path.abspath(workdir)  # orbax requires absolute paths
         os.makedirs(workdir, exist_ok=True)
         run_file = os.path.join(workdir, RUN_FILE)
         identity = json.loads(json.dumps(identity))  # normalise tuples to lists

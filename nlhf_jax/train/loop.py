@@ -156,4 +156,3 @@ def run(
         signal.signal(signal.SIGTERM, previous)
         ckpt.close()
     return state
-

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from nlhf_jax.tabular import solvers
-from nlhf_jax.tasks.synthetic import BOS, EOS, PAD, SEP, SyntheticTask
+from nlhf_jax.tasks.synthetic import BOS, EOS, PAD, SEP, SyntheticTask, style_of
 
-TASK = SyntheticTask()
+TASK = SyntheticTask(num_symbols=4, length=3)  # 64 responses; the default task is smaller
 
 
 def _prompt(*target):
@@ -26,8 +26,8 @@ def _p(x, a, b):
 
 def test_oracle_by_hand():
     x = _prompt(0, 1, 2)
-    # q = 3, style (0+1+2) % 3 = 0  vs  q = 2, style (0+1+3) % 3 = 1; style 1 beats style 0.
-    assert _p(x, _resp(0, 1, 2), _resp(0, 1, 3)) == pytest.approx(1 / (1 + np.exp(1.0)), rel=1e-6)
+    # q = 3, style 0 % 3 = 0  vs  q = 2, style 1; style 1 beats style 0: d = 1 - 2 = -1.
+    assert _p(x, _resp(0, 1, 2), _resp(1, 1, 2)) == pytest.approx(1 / (1 + np.exp(1.0)), rel=1e-6)
     # A malformed response (no EOS) has quality -2 and no style: a q = 0 response beats it by 2.
     assert _p(x, _resp(3, 3, 3), _resp(0, 1, 2, eos=False)) == pytest.approx(
         1 / (1 + np.exp(-2.0)), rel=1e-6
@@ -35,9 +35,9 @@ def test_oracle_by_hand():
 
 
 def test_style_is_a_cycle():
-    """Equal quality (0 matches of target 0,0,0), styles 0, 1, 2: each beats the one before."""
-    x = _prompt(0, 0, 0)
-    s0, s1, s2 = _resp(1, 1, 1), _resp(1, 1, 2), _resp(1, 1, 3)  # sums 3, 4, 5 -> 0, 1, 2
+    """Equal quality (0 matches of target 3,3,3), styles 0, 1, 2: each beats the one before."""
+    x = _prompt(3, 3, 3)
+    s0, s1, s2 = _resp(0, 1, 1), _resp(1, 1, 1), _resp(2, 1, 1)  # first symbols 0, 1, 2
     assert _p(x, s1, s0) > 0.5 and _p(x, s2, s1) > 0.5 and _p(x, s0, s2) > 0.5
 
 
@@ -88,8 +88,8 @@ def test_data_follows_the_behaviour_policy_and_the_oracle():
     n = 20_000
     demo = TASK.demonstrations(n, seed=1)
     assert demo["prompt"].shape == (n, 5) and demo["response"].shape == (n, 4)
-    style0 = ((demo["response"][:, :3] - TASK.response_symbol(0)).sum(-1) % 3 == 0).mean()
-    expected = (TASK.behaviour_policy()[:, TASK.patterns().sum(-1) % 3 == 0]).sum(-1).mean()
+    style0 = (style_of(demo["response"][:, :3] - TASK.response_symbol(0)) == 0).mean()
+    expected = (TASK.behaviour_policy()[:, style_of(TASK.patterns()) == 0]).sum(-1).mean()
     assert abs(style0 - expected) < 5 * np.sqrt(expected * (1 - expected) / n)
     pairs = TASK.preference_pairs(n, seed=2)
     p = pairs["probability"].astype(np.float64)

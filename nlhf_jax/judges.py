@@ -1,0 +1,117 @@
+"""The judge interface: anything that says how likely response a is preferred to response b.
+
+Trainers (the opponent's win rate in Nash-MD, the preference signal of online IPO) and evaluation
+(win-rate matrices) call a judge without knowing whether it is a learned model or the exact
+oracle of a synthetic task (`nlhf_jax.tasks`), so a run can swap one for the other.
+
+    judge = PreferenceJudge(*nnx.split(preference_model))
+    prob_b = judge(prompt, prompt_mask, response_a, response_a_mask, response_b, response_b_mask)
+
+Arrays follow the batch format of `nlhf_jax.models.preference`: prompts left-padded, responses
+right-padded, each with a bool mask. The judges here are pytrees (their state is a leaf, their
+graphdef static), so they can be passed into, and called inside, `jax.jit`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import flax.struct
+import jax
+from flax import nnx
+
+from nlhf_jax.models.preference import PAIR_FIELDS, PreferenceModel, RewardModel
+
+Array = jax.Array
+
+
+@runtime_checkable
+class Judge(Protocol):
+    """P(a > b | x) for a batch of pairs.
+
+    Implementations must be pure and jittable, and should be antisymmetric: swapping a and b
+    gives 1 - P (the model judges here are, by construction).
+    """
+
+    def __call__(
+        self,
+        prompt: Array,
+        prompt_mask: Array,
+        response_a: Array,
+        response_a_mask: Array,
+        response_b: Array,
+        response_b_mask: Array,
+    ) -> Array:
+        """Returns P(a > b) [b] float32 in [0, 1].
+
+        Args:
+          prompt: int [b, P], left-padded; prompt_mask: bool [b, P].
+          response_a: int [b, R], right-padded; response_a_mask: bool [b, R].
+          response_b: int [b, R'], right-padded; response_b_mask: bool [b, R'].
+        """
+        ...
+
+
+def judge_batch(judge: Judge, batch) -> Array:
+    """Calls `judge` on the pair fields of a batch dict (its `label`, if any, is ignored)."""
+    return judge(*(batch[k] for k in PAIR_FIELDS))
+
+
+@flax.struct.dataclass
+class PreferenceJudge:
+    """A trained `PreferenceModel` as a judge: sigmoid(f(x, a, b) - f(x, b, a)).
+
+    Attributes:
+      graphdef: from `nnx.split(model)` (static).
+      state: the model's parameters (a pytree leaf: shard it, donate it, pass it to jit).
+    """
+
+    graphdef: nnx.GraphDef = flax.struct.field(pytree_node=False)
+    state: nnx.State
+
+    def logit(self, prompt, prompt_mask, response_a, response_a_mask, response_b, response_b_mask):
+        """d(x, a, b) [b] float32."""
+        model: PreferenceModel = nnx.merge(self.graphdef, self.state)
+        return model.logit(
+            prompt, prompt_mask, response_a, response_a_mask, response_b, response_b_mask
+        )
+
+    def __call__(
+        self, prompt, prompt_mask, response_a, response_a_mask, response_b, response_b_mask
+    ) -> Array:
+        """P(a > b) [b] float32; arguments as in `Judge.__call__`."""
+        return jax.nn.sigmoid(
+            self.logit(
+                prompt, prompt_mask, response_a, response_a_mask, response_b, response_b_mask
+            )
+        )
+
+
+@flax.struct.dataclass
+class RewardJudge:
+    """A trained `RewardModel` as a judge: sigmoid(r(x, a) - r(x, b)) (Bradley-Terry).
+
+    Attributes:
+      graphdef: from `nnx.split(model)` (static).
+      state: the model's parameters.
+    """
+
+    graphdef: nnx.GraphDef = flax.struct.field(pytree_node=False)
+    state: nnx.State
+
+    def logit(self, prompt, prompt_mask, response_a, response_a_mask, response_b, response_b_mask):
+        """r(x, a) - r(x, b) [b] float32."""
+        model: RewardModel = nnx.merge(self.graphdef, self.state)
+        return model.logit(
+            prompt, prompt_mask, response_a, response_a_mask, response_b, response_b_mask
+        )
+
+    def __call__(
+        self, prompt, prompt_mask, response_a, response_a_mask, response_b, response_b_mask
+    ) -> Array:
+        """P(a > b) [b] float32; arguments as in `Judge.__call__`."""
+        return jax.nn.sigmoid(
+            self.logit(
+                prompt, prompt_mask, response_a, response_a_mask, response_b, response_b_mask
+            )
+        )

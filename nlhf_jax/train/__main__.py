@@ -1,0 +1,39 @@
+"""Training entry point.
+
+    python -m nlhf_jax.train --config configs/<method>.py --workdir DIR [--config.key=value ...]
+
+Resumes from the latest checkpoint in DIR; SIGTERM saves and exits. A config key that does not
+exist is an error (the config is locked).
+"""
+
+from __future__ import annotations
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from nlhf_jax.train import loop, methods
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    config = _CONFIG.value
+    trainer = methods.build(config, _WORKDIR.value)
+    loop.run(
+        trainer,
+        _WORKDIR.value,
+        num_steps=config.num_steps,
+        checkpoint_every=config.checkpoint_every,
+        eval_every=config.eval_every,
+        log_every=config.log_every,
+        max_to_keep=config.max_to_keep,
+    )
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,170 @@
+"""Where a trainer's batches come from: the built-in synthetic task or the user's files.
+
+Both go through the same path: a tfds dataset written as array_record (``nlhf_jax.data``), then
+a grain pipeline whose iterator state is checkpointed with the run. Evaluation sets are small
+and fixed; the synthetic task's are generated exactly (no file), a user's are the ``eval_file``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Callable
+
+import ml_collections
+import numpy as np
+
+from nlhf_jax import data
+from nlhf_jax.tasks.synthetic import SEP, TASK_VERSION, SyntheticTask, style_of
+
+_PAIR_FEATURES = {
+    "prompt": "tokens",
+    "response_a": "tokens",
+    "response_b": "tokens",
+    "label": "float32",
+}
+
+
+@dataclasses.dataclass
+class PairSource:
+    """Training batches of preference pairs, and named evaluation sets of batches."""
+
+    train: data.BatchIterator
+    vocab_size: int
+    sep_id: int | None
+    eval_sets: Callable[[], dict[str, list[dict]]]
+    description: dict
+
+
+def task_from_config(config: ml_collections.ConfigDict) -> SyntheticTask:
+    return SyntheticTask(**config.task.to_dict())
+
+
+def _fingerprint(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _in_batches(arrays: dict[str, np.ndarray], batch_size: int) -> list[dict]:
+    n = len(next(iter(arrays.values())))
+    return [{k: v[i : i + batch_size] for k, v in arrays.items()} for i in range(0, n, batch_size)]
+
+
+def _with_masks(pairs: dict[str, np.ndarray], label_key: str) -> dict[str, np.ndarray]:
+    """Synthetic pairs are unpadded (every prompt and response has the same length)."""
+    out = {"label": pairs[label_key].astype(np.float32)}
+    for k in ("prompt", "response_a", "response_b"):
+        out[k] = pairs[k].astype(np.int32)
+        out[f"{k}_mask"] = np.ones_like(pairs[k], bool)
+    return out
+
+
+def synthetic_eval_sets(task: SyntheticTask, num: int, seed: int, batch_size: int):
+    """held-out pairs with sampled labels; the same pairs against the oracle's probability; and
+    cyclic pairs (equal quality, different style) against the oracle's probability."""
+    held = task.preference_pairs(num, seed)
+    rng = np.random.default_rng(seed + 1)
+    prompts, resp, pats = task.prompts(), task.responses(), task.patterns()
+    quality = (pats[:, None, :] == pats[None, :, :]).sum(-1)  # [prompt, response]
+    style = style_of(pats)
+    x = rng.integers(0, len(prompts), 4 * num)
+    i, j = rng.integers(0, len(resp), 4 * num), rng.integers(0, len(resp), 4 * num)
+    keep = (quality[x, i] == quality[x, j]) & (style[i] != style[j])
+    x, i, j = x[keep][:num], i[keep][:num], j[keep][:num]
+    ones = np.ones((len(x), task.response_len), bool)
+    xp = prompts[x]
+    p = np.asarray(task(xp, np.ones_like(xp, bool), resp[i], ones, resp[j], ones), np.float32)
+    cyclic = {"prompt": xp, "response_a": resp[i], "response_b": resp[j], "probability": p}
+    return {
+        "heldout": _in_batches(_with_masks(held, "label"), batch_size),
+        "oracle": _in_batches(_with_masks(held, "probability"), batch_size),
+        "cyclic": _in_batches(_with_masks(cyclic, "probability"), batch_size),
+    }
+
+
+def pairs(config: ml_collections.ConfigDict, workdir: str) -> PairSource:
+    """The preference-pair source named by ``config.data.source`` ("synthetic" or "file")."""
+    d = config.data
+    data_dir = d.data_dir or os.path.join(workdir, "data")
+    if d.source == "synthetic":
+        task = task_from_config(config)
+        settings = {
+            "task": config.task.to_dict(),
+            "task_version": TASK_VERSION,
+            "num": d.train_pairs,
+            "seed": config.seed,
+            "labels": d.labels,
+        }
+        generated = task.preference_pairs(d.train_pairs, config.seed)
+        if d.labels == "probability":  # soft labels: the oracle's probability, no sampling noise
+            generated["label"] = generated["probability"]
+        elif d.labels != "sampled":
+            raise ValueError(f"config.data.labels={d.labels!r}: choose 'sampled' or 'probability'")
+        rows = ({k: generated[k][n] for k in _PAIR_FEATURES} for n in range(d.train_pairs))
+        built = data.build_records(
+            {"train": rows},
+            _PAIR_FEATURES,
+            data_dir,
+            name=f"synthetic_pairs_{_fingerprint(settings)}",
+        )
+        options = data.BatchOptions(
+            config.batch_size, task.prompt_len, task.response_len, seed=config.seed
+        )
+        return PairSource(
+            train=data.preference_batches(built.source("train"), options),
+            vocab_size=task.vocab_size,
+            sep_id=SEP,
+            eval_sets=lambda: synthetic_eval_sets(
+                task, d.eval_pairs, config.seed + 1, d.eval_batch_size
+            ),
+            description={"source": "synthetic", **settings},
+        )
+    if d.source == "file":
+        from nlhf_jax.models.tokenizer import load_tokenizer
+
+        if not d.train_file:
+            raise ValueError(
+                "config.data.train_file is empty: name the JSONL or Parquet file of pairs"
+            )
+        files = {"train": d.train_file, **({"validation": d.eval_file} if d.eval_file else {})}
+        built = data.build_pairs(
+            files, data_dir, name=_fingerprint(files), layout=d.layout or None, on_error=d.on_error
+        )
+        vocab_size = config.model.get("vocab_size") or 0
+        tokenizer = load_tokenizer(d.tokenizer, vocab_size=vocab_size or None)
+        vocab_size = vocab_size or len(tokenizer)
+        options = data.BatchOptions(
+            config.batch_size,
+            d.max_prompt_len,
+            d.max_response_len,
+            seed=config.seed,
+            append_eos=True,
+        )
+        sep = (
+            tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+        )
+
+        def eval_sets():
+            if not d.eval_file:
+                return {}
+            eval_options = dataclasses.replace(
+                options,
+                batch_size=d.eval_batch_size,
+                num_epochs=1,
+                shuffle=False,
+                drop_remainder=False,
+            )
+            batches = data.preference_batches(
+                built.source("validation"), eval_options, tokenizer=tokenizer
+            )
+            return {"eval": list(batches)}
+
+        return PairSource(
+            train=data.preference_batches(built.source("train"), options, tokenizer=tokenizer),
+            vocab_size=vocab_size,
+            sep_id=sep,
+            eval_sets=eval_sets,
+            description={"source": "file", **files, "skipped_rows": built.skipped},
+        )
+    raise ValueError(f"config.data.source={d.source!r}: choose 'synthetic' or 'file'")

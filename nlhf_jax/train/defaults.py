@@ -1,0 +1,62 @@
+"""Default settings shared by the config files in ``configs/`` (each file overrides a few)."""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_config(method: str) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.method = method
+    c.seed = 0
+    c.num_steps = 600
+    c.batch_size = 64
+    c.log_every = 20
+    c.eval_every = 100
+    c.checkpoint_every = 100
+    c.max_to_keep = 3
+    # The transformer: a preset from nlhf_jax.models.PRESETS plus overrides; the vocabulary size
+    # comes from the data (the task's or the tokenizer's) unless set here.
+    c.model = ml_collections.ConfigDict(
+        dict(
+            preset="toy",
+            d_model=64,
+            num_layers=2,
+            num_heads=4,
+            num_kv_heads=2,
+            head_dim=16,
+            mlp_dim=192,
+        )
+    )
+    c.optimizer = ml_collections.ConfigDict(
+        dict(learning_rate=3e-3, warmup_steps=20, weight_decay=0.0, max_grad_norm=1.0)
+    )
+    c.task = ml_collections.ConfigDict(
+        dict(
+            num_symbols=3,
+            length=2,
+            quality_strength=1.0,
+            style_strength=2.0,
+            invalid_penalty=2.0,
+            behaviour_quality=1.0,
+            behaviour_style_bias=1.5,
+        )
+    )
+    c.data = ml_collections.ConfigDict(
+        dict(
+            source="synthetic",  # or "file": your JSONL/Parquet pairs, see README
+            data_dir="",  # where the tfds datasets are written; default WORKDIR/data
+            train_pairs=20_000,
+            labels="sampled",  # synthetic: a Bernoulli draw from the oracle, or "probability"
+            eval_pairs=2_000,
+            eval_batch_size=500,
+            train_file="",
+            eval_file="",
+            layout="",  # chosen_rejected | pairwise | tldr; empty: detected from the fields
+            on_error="raise",  # or "skip": skip malformed rows and count them
+            tokenizer="",  # a local tokenizer directory (AutoTokenizer)
+            max_prompt_len=256,
+            max_response_len=128,
+        )
+    )
+    return c

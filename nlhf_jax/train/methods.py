@@ -1,0 +1,18 @@
+"""The methods ``python -m nlhf_jax.train`` knows: name -> ``build(config, workdir) -> Trainer``."""
+
+from __future__ import annotations
+
+from nlhf_jax.train import pairwise
+
+METHODS = {
+    "preference_model": pairwise.build,
+    "reward_model": pairwise.build,
+}
+
+
+def build(config, workdir: str):
+    if config.method not in METHODS:
+        raise ValueError(
+            f"unknown method {config.method!r}; known methods: {', '.join(sorted(METHODS))}"
+        )
+    return METHODS[config.method](config, workdir)
