@@ -58,8 +58,12 @@ def judge_batch(judge: Judge, batch) -> Array:
 
 
 @flax.struct.dataclass
-class PreferenceJudge:
-    """A trained `PreferenceModel` as a judge: sigmoid(f(x, a, b) - f(x, b, a)).
+class ModelJudge:
+    """A trained `PreferenceModel` or `RewardModel` as a judge.
+
+    A preference model gives sigmoid(f(x, a, b) - f(x, b, a)); a reward model gives
+    sigmoid(r(x, a) - r(x, b)) (Bradley-Terry). Both models expose the same `logit`, so one
+    class serves both; `PreferenceJudge` and `RewardJudge` name the two uses.
 
     Attributes:
       graphdef: from `nnx.split(model)` (static).
@@ -70,8 +74,8 @@ class PreferenceJudge:
     state: nnx.State
 
     def logit(self, prompt, prompt_mask, response_a, response_a_mask, response_b, response_b_mask):
-        """d(x, a, b) [b] float32."""
-        model: PreferenceModel = nnx.merge(self.graphdef, self.state)
+        """d(x, a, b) [b] float32, with P(a > b) = sigmoid(d)."""
+        model: PreferenceModel | RewardModel = nnx.merge(self.graphdef, self.state)
         return model.logit(
             prompt, prompt_mask, response_a, response_a_mask, response_b, response_b_mask
         )
@@ -87,31 +91,5 @@ class PreferenceJudge:
         )
 
 
-@flax.struct.dataclass
-class RewardJudge:
-    """A trained `RewardModel` as a judge: sigmoid(r(x, a) - r(x, b)) (Bradley-Terry).
-
-    Attributes:
-      graphdef: from `nnx.split(model)` (static).
-      state: the model's parameters.
-    """
-
-    graphdef: nnx.GraphDef = flax.struct.field(pytree_node=False)
-    state: nnx.State
-
-    def logit(self, prompt, prompt_mask, response_a, response_a_mask, response_b, response_b_mask):
-        """r(x, a) - r(x, b) [b] float32."""
-        model: RewardModel = nnx.merge(self.graphdef, self.state)
-        return model.logit(
-            prompt, prompt_mask, response_a, response_a_mask, response_b, response_b_mask
-        )
-
-    def __call__(
-        self, prompt, prompt_mask, response_a, response_a_mask, response_b, response_b_mask
-    ) -> Array:
-        """P(a > b) [b] float32; arguments as in `Judge.__call__`."""
-        return jax.nn.sigmoid(
-            self.logit(
-                prompt, prompt_mask, response_a, response_a_mask, response_b, response_b_mask
-            )
-        )
+PreferenceJudge = ModelJudge
+RewardJudge = ModelJudge
