@@ -1,0 +1,145 @@
+"""Pure losses of every method, on per-token log-probabilities of sampled responses.
+
+Inputs are arrays, never models: ``logp_bn`` (the policy's per-token log-probs of a response,
+differentiable), ``ref_logp_bn`` (the reference's, constant), ``mask_bn`` (True on response
+tokens), and a per-sequence preference or reward. A sequence's log-probability is the masked
+sum over tokens. Each loss cites its equation in ALGORITHMS.md.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+_sg = jax.lax.stop_gradient
+
+
+def sequence_logprob(logp_bn: Array, mask_bn: Array) -> Array:
+    """log pi(y | x) [b]: the masked sum of per-token log-probs."""
+    return jnp.sum(jnp.where(mask_bn, logp_bn, 0.0), axis=-1)
+
+
+def reward_to_go(x_bn: Array, mask_bn: Array) -> Array:
+    """``out[:, n] = sum_{m >= n} x[:, m]`` over masked tokens (a reversed cumulative sum)."""
+    x = jnp.where(mask_bn, x_bn, 0.0)
+    return jnp.flip(jnp.cumsum(jnp.flip(x, -1), -1), -1)
+
+
+def sft_loss(logp_bn: Array, mask_bn: Array) -> Array:
+    """Negative log-likelihood per response token (mean over all masked tokens)."""
+    return -jnp.sum(jnp.where(mask_bn, logp_bn, 0.0)) / jnp.maximum(jnp.sum(mask_bn), 1)
+
+
+def regularized_pg_loss(logp_bn: Array, penalty_bn: Array, mask_bn: Array, score_b: Array) -> Array:
+    """Score-function surrogate of ``E[score] - E[sum of per-token penalties]`` (ALGORITHMS.md 2).
+
+    Its gradient is ``mean_b sum_n grad log pi(y_n | y_<n) * A_bn`` with
+    ``A_bn = score_b - sum_{m >= n} penalty_bm`` (reward-to-go: a token cannot affect the
+    penalties before it). For the KL, ``penalty = tau (log pi - log mu)`` per token: the score-
+    function form of ``grad tau KL(pi || mu)``. Never ``tau (sum log pi - sum log mu)`` as a plain
+    loss term: its gradient is ``tau E[grad log pi]``, which is zero in expectation (no KL at all).
+
+    Args:
+      logp_bn: policy log-probs of the sampled tokens (the only differentiable input).
+      penalty_bn: per-token penalty (stop-gradient is applied here).
+      mask_bn: True on response tokens.
+      score_b: per-sequence score, e.g. ``P(y > y') - 1/2`` (stop-gradient applied).
+    """
+    advantage_bn = _sg(score_b)[:, None] - reward_to_go(_sg(penalty_bn), mask_bn)
+    return -jnp.mean(jnp.sum(jnp.where(mask_bn, logp_bn * advantage_bn, 0.0), axis=-1))
+
+
+def kl_penalty(logp_bn: Array, ref_logp_bn: Array, tau) -> Array:
+    """``tau (log pi - log mu)`` per token: the KL(pi || mu) penalty of Nash-MD-PG and RLHF."""
+    return tau * (logp_bn - ref_logp_bn)
+
+
+def nash_md_pg_loss(
+    logp_bn: Array, ref_logp_bn: Array, mask_bn: Array, preference_b: Array, tau
+) -> Array:
+    """Nash-MD-PG (ALGORITHMS.md 2): y ~ pi, y' ~ the opponent (a token-level mixture for
+    Nash-MD, EMA parameters for Nash-EMA), ``preference_b = P(y > y' | x)``, the 1/2 baseline,
+    and the per-token KL to the reference with reward-to-go."""
+    return regularized_pg_loss(
+        logp_bn, kl_penalty(logp_bn, ref_logp_bn, tau), mask_bn, preference_b - 0.5
+    )
+
+
+def rlhf_pg_loss(logp_bn: Array, ref_logp_bn: Array, mask_bn: Array, reward_b: Array, tau) -> Array:
+    """The RLHF baseline: regularized policy gradient on a reward, with the batch-mean reward
+    as baseline (leave-one-out, so it does not depend on the row it is subtracted from)."""
+    b = reward_b.shape[0]
+    baseline_b = (jnp.sum(reward_b) - reward_b) / jnp.maximum(b - 1, 1)
+    return regularized_pg_loss(
+        logp_bn, kl_penalty(logp_bn, ref_logp_bn, tau), mask_bn, reward_b - baseline_b
+    )
+
+
+def nash_mp_penalty(logp_bn, ref_logp_bn, anchor_logp_bn, beta, eta) -> Array:
+    """Per-token penalty of a Nash-MP prox step (ALGORITHMS.md 4, practical version):
+    ``beta KL(pi || mu) + (beta / eta) KL(pi || pi_k)`` in score-function form."""
+    return beta * (logp_bn - ref_logp_bn) + (beta / eta) * (logp_bn - anchor_logp_bn)
+
+
+def nash_mp_loss(logp_bn, ref_logp_bn, anchor_logp_bn, mask_bn, preference_b, beta, eta):
+    """M policy-gradient steps on this loss approximate one prox step: maximize
+    ``E[P(y > y')] - beta KL(pi||mu) - (beta/eta) KL(pi||pi_k)`` with y' from the step's opponent
+    (the anchor pi_k for the half step, the half-step policy for the full step)."""
+    penalty = nash_mp_penalty(logp_bn, ref_logp_bn, anchor_logp_bn, beta, eta)
+    return regularized_pg_loss(logp_bn, penalty, mask_bn, preference_b - 0.5)
+
+
+def ipo_loss(
+    logp_a_bn, ref_logp_a_bn, mask_a_bn, logp_b_bn, ref_logp_b_bn, mask_b_bn, label_b, tau
+) -> Array:
+    """Online IPO / IPO-MD with soft labels (ALGORITHMS.md 5): ``h`` = the log-ratio contrast
+    ``log pi(a)/mu(a) - log pi(b)/mu(b)``; the ordering a > b has weight ``label = P(a > b)``:
+    ``mean[p (h - 1/(2 tau))^2 + (1 - p)(h + 1/(2 tau))^2]``. Online IPO draws a and b from the
+    policy, IPO-MD from the token-level mixture (both stop-gradient)."""
+    h_b = (sequence_logprob(logp_a_bn, mask_a_bn) - sequence_logprob(ref_logp_a_bn, mask_a_bn)) - (
+        sequence_logprob(logp_b_bn, mask_b_bn) - sequence_logprob(ref_logp_b_bn, mask_b_bn)
+    )
+    target = 1.0 / (2.0 * tau)
+    p = _sg(label_b)
+    return jnp.mean(p * (h_b - target) ** 2 + (1.0 - p) * (h_b + target) ** 2)
+
+
+def inpo_loss(
+    logp_a_bn,
+    ref_logp_a_bn,
+    prev_logp_a_bn,
+    mask_a_bn,
+    logp_b_bn,
+    ref_logp_b_bn,
+    prev_logp_b_bn,
+    mask_b_bn,
+    label_b,
+    tau,
+    eta,
+) -> Array:
+    """INPO (ALGORITHMS.md 6) on pairs sampled from ``pi_t`` (``prev``), soft-ordered by the
+    preference like IPO: ``h_t = log pi(a)/pi(b) - (tau/eta) log mu(a)/mu(b)
+    - (1 - tau/eta) log pi_t(a)/pi_t(b)``, target ``1/(2 eta)``. With ``pi_t = mu`` it is IPO with
+    tau replaced by eta."""
+    seq = sequence_logprob
+    r = tau / eta
+    h_b = (
+        (seq(logp_a_bn, mask_a_bn) - seq(logp_b_bn, mask_b_bn))
+        - r * (seq(ref_logp_a_bn, mask_a_bn) - seq(ref_logp_b_bn, mask_b_bn))
+        - (1.0 - r) * (seq(prev_logp_a_bn, mask_a_bn) - seq(prev_logp_b_bn, mask_b_bn))
+    )
+    target = 1.0 / (2.0 * eta)
+    p = _sg(label_b)
+    return jnp.mean(p * (h_b - target) ** 2 + (1.0 - p) * (h_b + target) ** 2)
+
+
+def ema_update(ema, params, decay):
+    """Nash-EMA-PG's opponent: ``ema <- decay * ema + (1 - decay) * params`` leaf by leaf
+    (NLHF's coefficients 0.999, 0.9995; the exact recursion the paper used is open)."""
+    return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+
+
+def sequence_kl_estimate(logp_bn: Array, ref_logp_bn: Array, mask_bn: Array) -> Array:
+    """Monte-Carlo estimate of KL(pi || mu) from samples of pi: mean of log pi(y) - log mu(y)."""
+    return jnp.mean(sequence_logprob(logp_bn - ref_logp_bn, mask_bn))
