@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from flax import nnx
 
 RUN_FILE = "run.json"
 
@@ -88,3 +89,50 @@ class Checkpoints:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _unwrap(tree):
+    """orbax restores an ``nnx.State`` without a target as nested dicts with ``{"value": x}``
+    leaves; this returns the pure nested dict ``nnx.replace_by_pure_dict`` takes."""
+    if isinstance(tree, dict):
+        if set(tree) == {"value"}:
+            return tree["value"]
+        return {k: _unwrap(v) for k, v in tree.items()}
+    return tree
+
+
+def read_identity(workdir: str) -> dict:
+    """The ``run.json`` of another run (what its model was)."""
+    path = os.path.join(os.path.abspath(workdir), RUN_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: {workdir} is not a training run's workdir")
+    with open(path) as f:
+        return json.load(f)
+
+
+def load_params(workdir: str, like_params: Any, step: int | None = None) -> Any:
+    """The parameters of another run's checkpoint (e.g. the SFT policy), into ``like_params``'s
+    structure. Raises naming the parameter and both shapes if the run's model differs."""
+    read_identity(workdir)  # fails clearly if this is not a run's workdir at all
+    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {directory}")
+    raw = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    pure = _unwrap(raw["state"]["params"])
+    want = {
+        jax.tree_util.keystr(k): v.shape
+        for k, v in jax.tree_util.tree_leaves_with_path(like_params.to_pure_dict())
+    }
+    got = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(pure)}
+    wrong = [
+        f"{k}: {got.get(k)} in {workdir}, {want.get(k)} expected"
+        for k in sorted(set(want) | set(got))
+        if want.get(k) != got.get(k)
+    ]
+    if wrong:
+        raise ValueError(f"{workdir} step {step} holds another model: " + "; ".join(wrong[:5]))
+    like = jax.tree.map(lambda x: x, like_params)  # a copy: the caller's state stays as it was
+    nnx.replace_by_pure_dict(like, pure)
+    return like

@@ -17,6 +17,13 @@ def base_config(method: str) -> ml_collections.ConfigDict:
     c.max_to_keep = 3
     # The transformer: a preset from nlhf_jax.models.PRESETS plus overrides; the vocabulary size
     # comes from the data (the task's or the tokenizer's) unless set here.
+    # Policy methods: the SFT run whose policy is the reference and the start, the judge ("oracle"
+    # for the synthetic task's exact preference, or a preference_model run's workdir), tau and
+    # the mixture weight beta of Nash-MD-PG (NLHF: tau = 0.008, beta = 0.125 on TL;DR).
+    c.init_from = ""
+    c.judge = "oracle"
+    c.tau = 0.1
+    c.beta = 0.125
     c.model = ml_collections.ConfigDict(
         dict(
             preset="toy",
@@ -47,6 +54,7 @@ def base_config(method: str) -> ml_collections.ConfigDict:
             source="synthetic",  # or "file": your JSONL/Parquet pairs, see README
             data_dir="",  # where the tfds datasets are written; default WORKDIR/data
             train_pairs=20_000,
+            train_demos=20_000,
             labels="sampled",  # synthetic: a Bernoulli draw from the oracle, or "probability"
             eval_pairs=2_000,
             eval_batch_size=500,

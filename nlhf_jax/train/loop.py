@@ -43,6 +43,8 @@ class Trainer:
       data: the training batches.
       identity: what the state's structure depends on (checked against the workdir).
       evaluate: optional ``state -> metrics`` run every ``eval_every`` steps and at the end.
+      check: optional host-side check of each step's metrics (e.g. the judge's range); it raises
+        before the state is checkpointed, so a bad step never reaches disk.
     """
 
     init_state: Callable[[], Any]
@@ -50,6 +52,7 @@ class Trainer:
     data: DataIterator
     identity: dict
     evaluate: Callable[[Any], dict] | None = None
+    check: Callable[[dict], None] | None = None
 
 
 class MetricsWriter:
@@ -136,6 +139,8 @@ def run(
             # Blocking each step keeps CPU collectives from deadlocking (ENVIRONMENT.md) and
             # makes the progress rate honest; it costs nothing the next step would not wait for.
             metrics = jax.device_get(jax.block_until_ready(metrics))
+            if trainer.check:
+                trainer.check(metrics)
             step, ran = step + 1, ran + 1
             if step % log_every == 0 or step == num_steps:
                 writer.write(step, "train", metrics)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from nlhf_jax.train import pairwise
+from nlhf_jax.train import pairwise, policy
 
 METHODS = {
     "preference_model": pairwise.build,
     "reward_model": pairwise.build,
+    "sft": policy.build_sft,
+    "nash_md": policy.build_nash_md,
 }
 
 

@@ -43,7 +43,7 @@ def optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation
     )
 
 
-def _model_config(config, vocab_size: int):
+def model_config(config, vocab_size: int):
     overrides = {k: v for k, v in config.model.items() if k != "preset"}
     return get_preset(config.model.preset, **{"vocab_size": vocab_size, **overrides})
 
@@ -52,15 +52,15 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
     """The trainer of ``config.method`` in {"preference_model", "reward_model"}."""
     kind = config.method
     source = data_sources.pairs(config, workdir)
-    model_config = _model_config(config, source.vocab_size)
+    model_cfg = model_config(config, source.vocab_size)
     rngs = nnx.Rngs(config.seed)
     if kind == "preference_model":
         model, logits_fn = (
-            PreferenceModel(model_config, sep_id=source.sep_id, rngs=rngs),
+            PreferenceModel(model_cfg, sep_id=source.sep_id, rngs=rngs),
             preference_logits,
         )
     else:
-        model, logits_fn = RewardModel(model_config, rngs=rngs), reward_logits
+        model, logits_fn = RewardModel(model_cfg, rngs=rngs), reward_logits
     graphdef, params = nnx.split(model)
     tx = optimizer(config)
 
@@ -89,7 +89,7 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
 
     identity = {
         "method": kind,
-        "model": dataclasses.asdict(model_config),
+        "model": dataclasses.asdict(model_cfg),
         "sep_id": source.sep_id,
         "data": source.description,
     }

@@ -42,23 +42,36 @@ def init_train_state(params: nnx.State, tx: optax.GradientTransformation, seed: 
     )
 
 
+# prepare(params, batch, rng) -> (batch, metrics): work outside the gradient (sampling, judging).
+Prepare = Callable[[nnx.State, dict, jax.Array], tuple[dict, dict]]
+
+
 def make_step(
-    graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn: LossFn
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    loss_fn: LossFn,
+    prepare: Prepare | None = None,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """A pure, jitted ``step(state, batch) -> (state, metrics)`` with the state donated.
 
-    Metrics get ``loss``, ``grad_norm`` and ``learning_rate``-free basics; the method's own
-    metrics come from ``loss_fn``. chex checks that the loss is a finite-typed scalar.
+    ``prepare`` runs first, outside the gradient: for the online methods it samples responses
+    and judges them (sampling is a ``while_loop``, which reverse-mode AD cannot cross, and no
+    gradient should flow through the samples anyway). Metrics get ``loss`` and ``grad_norm``;
+    the method's own come from ``prepare`` and ``loss_fn``. chex checks the loss is a scalar.
     """
 
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        prep_metrics = {}
+        if prepare is not None:
+            k_prep, rng = jax.random.split(rng)
+            batch, prep_metrics = prepare(state.params, batch, k_prep)
         grad_fn = jax.value_and_grad(loss_fn, argnums=1, has_aux=True)
         (loss, metrics), grads = grad_fn(graphdef, state.params, batch, rng)
         chex.assert_rank(loss, 0)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
+        metrics = {**prep_metrics, **metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
         new = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         return new, metrics
 
