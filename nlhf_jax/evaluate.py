@@ -31,28 +31,45 @@ def enumerated_logprobs(
     return np.asarray(jnp.sum(lp, -1), np.float64).reshape(X, R)
 
 
-def exact_metrics(
-    task: SyntheticTask, logp_pi: np.ndarray, logp_ref: np.ndarray, tau: float
-) -> dict:
-    """Duality gap, KL to the reference and to the NE, win rate against the reference (means over
-    prompts), all exact; the NE is the tau-regularized one against the reference."""
-    pi, mu = np.exp(logp_pi), np.exp(logp_ref)
-    invalid = 1.0 - pi.sum(-1)
-    pi, mu = pi / pi.sum(-1, keepdims=True), mu / mu.sum(-1, keepdims=True)
-    P = task.preference_matrices()
-    nash = task.exact_nash(mu, tau)
-    with jax.enable_x64(True):
-        P64, pi64, mu64, ne64 = (jnp.asarray(a, jnp.float64) for a in (P, pi, mu, nash))
-        gap = jax.vmap(solvers.duality_gap, (0, 0, None, 0))(P64, mu64, tau, pi64)
-        kl_ref = solvers.kl(pi64, mu64)
-        kl_nash = solvers.kl(ne64, pi64)
-        win = jnp.einsum("xi,xij,xj->x", pi64, P64, mu64)
-        nash_gap = jax.vmap(solvers.duality_gap, (0, 0, None, 0))(P64, mu64, tau, mu64)
-    return {
-        "exact/duality_gap": float(gap.mean()),
-        "exact/reference_duality_gap": float(nash_gap.mean()),
-        "exact/kl_to_reference": float(kl_ref.mean()),
-        "exact/kl_nash_to_policy": float(kl_nash.mean()),
-        "exact/win_rate_vs_reference": float(win.mean()),
-        "exact/invalid_mass": float(invalid.mean()),
-    }
+class ExactEvaluator:
+    """Exact game metrics of policies against a fixed reference (means over prompts).
+
+    The preference matrices, each prompt's tau-regularized NE against the reference and the
+    reference's own duality gap are fixed for a run, so they are computed once here; each call
+    only scores the policy. Returns the duality gap, KL to the reference and from the NE, the
+    win rate against the reference and the mass on malformed responses.
+    """
+
+    def __init__(self, task: SyntheticTask, logp_ref: np.ndarray, tau: float):
+        mu = np.exp(logp_ref)
+        self.tau = tau
+        self.mu = mu / mu.sum(-1, keepdims=True)
+        self.P = task.preference_matrices()
+        self.nash = task.exact_nash(self.mu, tau)
+        self.reference_gap = float(self._gap(self.mu).mean())
+
+    def _gap(self, pi: np.ndarray) -> np.ndarray:
+        with jax.enable_x64(True):
+            P64, mu64, pi64 = (jnp.asarray(a, jnp.float64) for a in (self.P, self.mu, pi))
+            gap = jax.vmap(solvers.duality_gap, (0, 0, None, 0))(P64, mu64, self.tau, pi64)
+            return np.asarray(gap)
+
+    def __call__(self, logp_pi: np.ndarray) -> dict:
+        pi = np.exp(logp_pi)
+        invalid = 1.0 - pi.sum(-1)
+        pi = pi / pi.sum(-1, keepdims=True)
+        with jax.enable_x64(True):
+            P64, pi64, mu64, ne64 = (
+                jnp.asarray(a, jnp.float64) for a in (self.P, pi, self.mu, self.nash)
+            )
+            kl_ref = solvers.kl(pi64, mu64)
+            kl_nash = solvers.kl(ne64, pi64)
+            win = jnp.einsum("xi,xij,xj->x", pi64, P64, mu64)
+        return {
+            "exact/duality_gap": float(self._gap(pi).mean()),
+            "exact/reference_duality_gap": self.reference_gap,
+            "exact/kl_to_reference": float(kl_ref.mean()),
+            "exact/kl_nash_to_policy": float(kl_nash.mean()),
+            "exact/win_rate_vs_reference": float(win.mean()),
+            "exact/invalid_mass": float(invalid.mean()),
+        }

@@ -46,6 +46,27 @@ def _fingerprint(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def synthetic_records(
+    name: str, arrays: dict[str, np.ndarray], features: dict, config, workdir: str
+) -> data.BuiltDataset:
+    """Writes generated arrays (one row per example) as a tfds dataset, named by their content.
+
+    The name hashes the arrays themselves, so a change of settings, size or task code gives a
+    new dataset instead of silently reusing a stale one; identical data is written once.
+    """
+    digest = hashlib.sha256()
+    for key in sorted(arrays):
+        a = np.ascontiguousarray(arrays[key])
+        digest.update(f"{key}:{a.dtype}:{a.shape}".encode())
+        digest.update(a.tobytes())
+    n = len(next(iter(arrays.values())))
+    rows = ({k: v[i] for k, v in arrays.items()} for i in range(n))
+    data_dir = config.data.data_dir or os.path.join(workdir, "data")
+    return data.build_records(
+        {"train": rows}, features, data_dir, name=f"{name}_{digest.hexdigest()[:12]}"
+    )
+
+
 def _in_batches(arrays: dict[str, np.ndarray], batch_size: int) -> list[dict]:
     n = len(next(iter(arrays.values())))
     return [{k: v[i : i + batch_size] for k, v in arrays.items()} for i in range(0, n, batch_size)]
@@ -101,13 +122,8 @@ def pairs(config: ml_collections.ConfigDict, workdir: str) -> PairSource:
             generated["label"] = generated["probability"]
         elif d.labels != "sampled":
             raise ValueError(f"config.data.labels={d.labels!r}: choose 'sampled' or 'probability'")
-        rows = ({k: generated[k][n] for k in _PAIR_FEATURES} for n in range(d.train_pairs))
-        built = data.build_records(
-            {"train": rows},
-            _PAIR_FEATURES,
-            data_dir,
-            name=f"synthetic_pairs_{_fingerprint(settings)}",
-        )
+        pairs_only = {k: generated[k] for k in _PAIR_FEATURES}
+        built = synthetic_records("synthetic_pairs", pairs_only, _PAIR_FEATURES, config, workdir)
         options = data.BatchOptions(
             config.batch_size, task.prompt_len, task.response_len, seed=config.seed
         )

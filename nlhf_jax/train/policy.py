@@ -10,9 +10,6 @@ is also the starting point (``config.init_from``, the SFT run's workdir).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -25,34 +22,21 @@ from nlhf_jax.judges import ModelJudge
 from nlhf_jax.models import Transformer
 from nlhf_jax.models.preference import PreferenceModel
 from nlhf_jax.sampling import MixtureSampler, PolicySampler, SamplingConfig, score_tokens
-from nlhf_jax.tasks.synthetic import EOS, PAD, SEP, TASK_VERSION
+from nlhf_jax.tasks.synthetic import EOS, PAD, SEP
 from nlhf_jax.train.checkpoint import load_params, read_identity
-from nlhf_jax.train.data_sources import task_from_config
+from nlhf_jax.train.data_sources import synthetic_records, task_from_config
 from nlhf_jax.train.loop import Trainer
 from nlhf_jax.train.pairwise import model_config, optimizer
 from nlhf_jax.train.state import init_train_state, make_step
-
-
-def _records(name: str, arrays: dict, workdir: str, config) -> data.BuiltDataset:
-    settings = {"task": config.task.to_dict(), "v": TASK_VERSION, "seed": config.seed, "n": name}
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-    n = len(next(iter(arrays.values())))
-    rows = ({k: v[i] for k, v in arrays.items()} for i in range(n))
-    data_dir = config.data.data_dir or os.path.join(workdir, "data")
-    return data.build_records(
-        {"train": rows}, dict.fromkeys(arrays, "tokens"), data_dir, name=f"{name}_{digest}"
-    )
-
-
-def _logps(graphdef, params, prompt, prompt_mask, response, response_mask):
-    return score_tokens(graphdef, params, prompt, prompt_mask, response, response_mask)
 
 
 def build_sft(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
     """Supervised fine-tuning on the synthetic task's demonstrations."""
     task = task_from_config(config)
     demos = task.demonstrations(config.data.train_demos, config.seed)
-    built = _records("synthetic_demos", demos, workdir, config)
+    built = synthetic_records(
+        "synthetic_demos", demos, dict.fromkeys(demos, "tokens"), config, workdir
+    )
     options = data.BatchOptions(
         config.batch_size, task.prompt_len, task.response_len, seed=config.seed
     )
@@ -62,7 +46,7 @@ def build_sft(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
 
     def loss_fn(graphdef, params, batch, rng):
         del rng
-        lp = _logps(
+        lp = score_tokens(
             graphdef,
             params,
             *(batch[k] for k in ("prompt", "prompt_mask", "response", "response_mask")),
@@ -131,7 +115,7 @@ def build_nash_md(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
         y = policy_sampler(params, prompt, mask, k_y)
         y_opp = mixture_sampler(params, reference, beta, prompt, mask, k_opp)
         pref = judge(prompt, mask, y.tokens, y.mask, y_opp.tokens, y_opp.mask)
-        ref_lp = _logps(graphdef, reference, prompt, mask, y.tokens, y.mask)
+        ref_lp = score_tokens(graphdef, reference, prompt, mask, y.tokens, y.mask)
         out = {
             **batch,
             "response": y.tokens,
@@ -149,7 +133,7 @@ def build_nash_md(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
 
     def loss_fn(graphdef, params, batch, rng):
         del rng
-        lp = _logps(
+        lp = score_tokens(
             graphdef,
             params,
             batch["prompt"],
@@ -172,13 +156,16 @@ def build_nash_md(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
     # batches within an epoch); each batch is then a uniform shuffle over the prompts.
     copies = -(-8 * config.batch_size // len(task.prompts()))
     prompt_set = {"prompt": np.repeat(task.prompts(), copies, axis=0)}
-    prompts = _records(f"synthetic_prompts_x{copies}", prompt_set, workdir, config)
+    prompts = synthetic_records(
+        "synthetic_prompts", prompt_set, {"prompt": "tokens"}, config, workdir
+    )
     options = data.BatchOptions(config.batch_size, task.prompt_len, seed=config.seed)
-    logp_ref = evaluate.enumerated_logprobs(graphdef, reference, task)
+    exact = evaluate.ExactEvaluator(
+        task, evaluate.enumerated_logprobs(graphdef, reference, task), tau
+    )
 
     def evaluate_fn(state) -> dict:
-        logp = evaluate.enumerated_logprobs(graphdef, state.params, task)
-        return evaluate.exact_metrics(task, logp, logp_ref, tau)
+        return exact(evaluate.enumerated_logprobs(graphdef, state.params, task))
 
     return Trainer(
         # A copy: the step donates the state, and the reference must outlive it.
