@@ -24,6 +24,19 @@ def base_config(method: str) -> ml_collections.ConfigDict:
     c.judge = "oracle"
     c.tau = 0.1
     c.beta = 0.125
+    # Method-specific (see nlhf_jax/train/online.py): the RLHF baseline's reward_model run;
+    # Nash-EMA-PG's EMA decay; Nash-MP's eta and M policy-gradient steps per prox step (the anchor
+    # is re-set every 2M steps); INPO's eta (public code: tau / eta = 1/3) and round length.
+    c.reward_model = ""
+    c.ema_decay = 0.99
+    c.mp_eta = 0.2
+    c.mp_steps = 10
+    c.inpo_eta = 0.3
+    c.inpo_round_steps = 100
+    # The device mesh of the online methods' step: nlhf_jax.parallel.MeshConfig (axes
+    # data/fsdp/tensor, their shape, the logical-axis rules) over the first num_devices devices
+    # (0: all of them). Default: all devices data-parallel.
+    c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1), num_devices=0))
     c.model = ml_collections.ConfigDict(
         dict(
             preset="toy",

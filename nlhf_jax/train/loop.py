@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import jax
 import numpy as np
+from tensorboardX import SummaryWriter
 
 from nlhf_jax.train.checkpoint import Checkpoints
 
@@ -56,19 +57,35 @@ class Trainer:
 
 
 class MetricsWriter:
-    """Appends one JSON object per line to ``workdir/metrics.jsonl`` and prints a summary."""
+    """Appends one JSON object per line to ``workdir/metrics.jsonl``, writes the scalars as
+    TensorBoard events under ``workdir/tensorboard/{train,eval}`` and prints a summary.
+
+        tensorboard --logdir WORKDIR/tensorboard
+    """
 
     def __init__(self, workdir: str, quiet: bool = False):
         self.path = os.path.join(workdir, "metrics.jsonl")
+        self.tensorboard = os.path.join(workdir, "tensorboard")
         self.quiet = quiet
+        self._boards = {}
 
     def write(self, step: int, kind: str, metrics: dict) -> None:
         row = {"step": step, "kind": kind, **{k: _to_float(v) for k, v in metrics.items()}}
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
+        if kind not in self._boards:
+            self._boards[kind] = SummaryWriter(os.path.join(self.tensorboard, kind))
+        for key, value in row.items():
+            if key not in ("step", "kind") and isinstance(value, float):
+                self._boards[kind].add_scalar(key, value, step)
+        self._boards[kind].flush()
         if not self.quiet:
             body = "  ".join(f"{k}={_fmt(v)}" for k, v in row.items() if k not in ("step", "kind"))
             print(f"[{kind} step {step}] {body}", flush=True)
+
+    def close(self) -> None:
+        for board in self._boards.values():
+            board.close()
 
 
 def _to_float(v):
@@ -160,4 +177,5 @@ def run(
             progress.close()
         signal.signal(signal.SIGTERM, previous)
         ckpt.close()
+        writer.close()
     return state

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from nlhf_jax.train import pairwise, policy
+from nlhf_jax.train import online, pairwise, policy
 
 METHODS = {
     "preference_model": pairwise.build,
     "reward_model": pairwise.build,
     "sft": policy.build_sft,
-    "nash_md": policy.build_nash_md,
+    **dict.fromkeys(online.ONLINE_METHODS, online.build_online),
 }
 
 

@@ -11,6 +11,9 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from nlhf_jax import parallel
 
 # loss_fn(graphdef, params, batch, rng) -> (scalar loss, metrics dict)
 LossFn = Callable[[nnx.GraphDef, nnx.State, dict, jax.Array], tuple[jax.Array, dict]]
@@ -25,25 +28,31 @@ class TrainState:
       params: the model's ``nnx.State``.
       opt_state: the optax state.
       rng: uint32 key data (checkpoint-friendly); each step folds in its step number.
+      aux: a method's other parameter copies (a dict of ``nnx.State``, or None): Nash-EMA-PG's
+        EMA opponent, Nash-MP's anchor and half-step policy, INPO's previous iterate.
     """
 
     step: jax.Array
     params: nnx.State
     opt_state: Any
     rng: jax.Array
+    aux: Any = None
 
 
-def init_train_state(params: nnx.State, tx: optax.GradientTransformation, seed: int):
+def init_train_state(params: nnx.State, tx: optax.GradientTransformation, seed: int, aux=None):
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         opt_state=tx.init(params),
         rng=jax.random.key_data(jax.random.key(seed)),
+        aux=aux,
     )
 
 
-# prepare(params, batch, rng) -> (batch, metrics): work outside the gradient (sampling, judging).
-Prepare = Callable[[nnx.State, dict, jax.Array], tuple[dict, dict]]
+# prepare(state, batch, rng) -> (batch, metrics): work outside the gradient (sampling, judging).
+Prepare = Callable[[TrainState, dict, jax.Array], tuple[dict, dict]]
+# after(old_state, new_state) -> new_state: bookkeeping after the update (EMA, re-anchoring).
+After = Callable[[TrainState, TrainState], TrainState]
 
 
 def make_step(
@@ -51,13 +60,19 @@ def make_step(
     tx: optax.GradientTransformation,
     loss_fn: LossFn,
     prepare: Prepare | None = None,
+    after: After | None = None,
+    shardings: tuple[Any, Any] | None = None,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """A pure, jitted ``step(state, batch) -> (state, metrics)`` with the state donated.
 
     ``prepare`` runs first, outside the gradient: for the online methods it samples responses
     and judges them (sampling is a ``while_loop``, which reverse-mode AD cannot cross, and no
-    gradient should flow through the samples anyway). Metrics get ``loss`` and ``grad_norm``;
-    the method's own come from ``prepare`` and ``loss_fn``. chex checks the loss is a scalar.
+    gradient should flow through the samples anyway). ``after`` updates ``state.aux`` from the
+    new parameters. Metrics get ``loss`` and ``grad_norm``; the method's own come from
+    ``prepare`` and ``loss_fn``. chex checks the loss is a scalar.
+
+    ``shardings = (state_shardings, batch_sharding)`` compiles the step with explicit in/out
+    shardings (see ``state_shardings``); the metrics come back replicated.
     """
 
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
@@ -65,7 +80,7 @@ def make_step(
         prep_metrics = {}
         if prepare is not None:
             k_prep, rng = jax.random.split(rng)
-            batch, prep_metrics = prepare(state.params, batch, k_prep)
+            batch, prep_metrics = prepare(state, batch, k_prep)
         grad_fn = jax.value_and_grad(loss_fn, argnums=1, has_aux=True)
         (loss, metrics), grads = grad_fn(graphdef, state.params, batch, rng)
         chex.assert_rank(loss, 0)
@@ -73,6 +88,23 @@ def make_step(
         params = optax.apply_updates(state.params, updates)
         metrics = {**prep_metrics, **metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
         new = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        if after is not None:
+            new = after(state, new)
         return new, metrics
 
-    return jax.jit(step, donate_argnums=0)
+    if shardings is None:
+        return jax.jit(step, donate_argnums=0)
+    state_sh, batch_sh = shardings
+    replicated = NamedSharding(batch_sh.mesh, PartitionSpec())
+    return jax.jit(
+        step,
+        in_shardings=(state_sh, batch_sh),
+        out_shardings=(state_sh, replicated),
+        donate_argnums=0,
+    )
+
+
+def state_shardings(init_state: Callable[[], TrainState], mesh, rules) -> Any:
+    """Shardings of a train state: params, their optimizer moments and ``aux`` copies by their
+    logical axes (``parallel.logical_shardings``), the step counter and rng replicated."""
+    return parallel.logical_shardings(jax.eval_shape(init_state), mesh, rules)

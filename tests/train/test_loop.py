@@ -99,3 +99,28 @@ def test_sigterm_saves_and_stops(tmp_path):
     state = loop.run(_trainer(on_step=on_step), str(tmp_path), num_steps=50, quiet=True)
     assert int(state.step) == 4
     assert loop.Checkpoints(str(tmp_path), {"method": "linear", "width": 4}).latest_step() == 4
+
+
+def _tensorboard_scalars(directory):
+    """(tag, step, value) of every scalar in the TFRecord event files of ``directory``."""
+    from tensorboardX.proto import event_pb2
+
+    out = []
+    for name in sorted(os.listdir(directory)):
+        raw = open(os.path.join(directory, name), "rb").read()
+        pos = 0
+        while pos < len(raw):  # record: u64 length, u32 crc, payload, u32 crc
+            length = int.from_bytes(raw[pos : pos + 8], "little")
+            event = event_pb2.Event.FromString(raw[pos + 12 : pos + 12 + length])
+            pos += 16 + length
+            out += [(v.tag, event.step, v.simple_value) for v in event.summary.value]
+    return out
+
+
+def test_metrics_go_to_jsonl_and_tensorboard(tmp_path):
+    loop.run(_trainer(), str(tmp_path), num_steps=20, log_every=10, quiet=True)
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    board = _tensorboard_scalars(tmp_path / "tensorboard" / "train")
+    for row in rows:
+        assert ("mse", row["step"], pytest.approx(row["mse"])) in board
+    assert {step for tag, step, _ in board if tag == "loss"} == {10, 20}

@@ -5,18 +5,8 @@ import os
 import jax.numpy as jnp
 import pytest
 
-from nlhf_jax.train import loop, methods, policy
+from nlhf_jax.train import loop, methods, online
 from nlhf_jax.train.defaults import base_config
-
-
-@pytest.fixture(scope="module")
-def sft_run(tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("sft"))
-    config = base_config("sft")
-    config.num_steps = 300
-    trainer = methods.build(config, workdir)
-    loop.run(trainer, workdir, num_steps=300, checkpoint_every=10**9, quiet=True)
-    return workdir
 
 
 def _nash_config(sft_run, **kw):
@@ -47,7 +37,7 @@ def test_judge_outside_unit_interval_is_an_error_and_nothing_is_saved(
     def bad_judge(config, task):
         return lambda *args: jnp.full((args[0].shape[0],), 1.5)
 
-    monkeypatch.setattr(policy, "_judge", bad_judge)
+    monkeypatch.setattr(online, "_judge", bad_judge)
     trainer = methods.build(_nash_config(sft_run, num_steps=3), str(tmp_path))
     with pytest.raises(ValueError, match=r"outside \[0, 1\]: min 1.5"):
         loop.run(trainer, str(tmp_path), num_steps=3, checkpoint_every=1, quiet=True)

@@ -1,0 +1,14 @@
+"""nash_mp from the SFT policy (see nlhf_jax/train/online.py).
+
+python -m nlhf_jax.train --config configs/sft.py --workdir runs/sft
+python -m nlhf_jax.train --config configs/nash_mp.py --workdir runs/nash_mp --config.init_from=runs/sft
+"""
+
+from nlhf_jax.train.defaults import base_config
+
+
+def get_config():
+    c = base_config("nash_mp")
+    c.num_steps = 300
+    c.optimizer.learning_rate = 1e-3
+    return c

@@ -1,0 +1,163 @@
+"""The online trainers' own machinery: aux copies (EMA, Nash-MP anchors, INPO's pi_t), the step
+on 8 devices against one, resume, and the errors. Learning itself: test_nash.py and the demo."""
+
+import jax
+import numpy as np
+import pytest
+
+from nlhf_jax.train import loop, methods, online
+from nlhf_jax.train.defaults import base_config
+
+
+def _config(sft_run, method, **kw):
+    config = base_config(method)
+    config.init_from = sft_run
+    config.batch_size = 8
+    config.num_steps = 10
+    config.optimizer.learning_rate = 1e-2  # large, so every step visibly moves the parameters
+    config.optimizer.warmup_steps = 0
+    config.mesh.num_devices = 1
+    for k, v in kw.items():
+        config[k] = v
+    return config
+
+
+def _leaves(tree):
+    return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
+
+
+def _equal(a, b):
+    return all(np.array_equal(x, y) for x, y in zip(_leaves(a), _leaves(b), strict=True))
+
+
+def _trajectory(trainer, steps):
+    """(params, aux) after each step, copied to the host (the step donates its input)."""
+    state = trainer.init_state()
+    out = [(jax.device_get(state.params), jax.device_get(state.aux))]
+    for _ in range(steps):
+        state, _ = trainer.step(state, next(trainer.data))
+        out.append((jax.device_get(state.params), jax.device_get(state.aux)))
+    return out
+
+
+def test_nash_mp_reanchors_every_2m_steps(sft_run, tmp_path):
+    M = 2
+    trainer = methods.build(_config(sft_run, "nash_mp", mp_steps=M), str(tmp_path))
+    traj = _trajectory(trainer, 4 * M + 1)
+    for s in range(1, len(traj)):
+        params, aux = traj[s]
+        prev_aux = traj[s - 1][1]
+        assert not _equal(params, traj[s - 1][0]), f"step {s} did not move the policy"
+        # The anchor pi_k is the policy at the last multiple of 2M; the half-step policy the
+        # policy at the last step = M (mod 2M); otherwise both stay frozen.
+        if s % (2 * M) == 0:
+            assert _equal(aux["anchor"], params), s
+        else:
+            assert _equal(aux["anchor"], prev_aux["anchor"]), s
+        if s % (2 * M) == M:
+            assert _equal(aux["half"], params), s
+        else:
+            assert _equal(aux["half"], prev_aux["half"]), s
+    assert _equal(traj[2 * M][1]["anchor"], traj[2 * M][0])
+    assert not _equal(traj[2 * M][1]["anchor"], traj[0][1]["anchor"])
+
+
+def test_nash_ema_opponent_follows_its_recursion(sft_run, tmp_path):
+    decay = 0.7
+    trainer = methods.build(_config(sft_run, "nash_ema", ema_decay=decay), str(tmp_path))
+    traj = _trajectory(trainer, 3)
+    for s in range(1, len(traj)):
+        want = [
+            decay * e + (1 - decay) * p
+            for e, p in zip(_leaves(traj[s - 1][1]["ema"]), _leaves(traj[s][0]), strict=True)
+        ]
+        for got, w in zip(_leaves(traj[s][1]["ema"]), want, strict=True):
+            np.testing.assert_allclose(got, w, rtol=1e-6, atol=1e-7)
+
+
+def test_inpo_refreshes_pi_t_at_each_round(sft_run, tmp_path):
+    trainer = methods.build(_config(sft_run, "inpo", inpo_round_steps=3), str(tmp_path))
+    traj = _trajectory(trainer, 7)
+    for s in range(1, len(traj)):
+        want = traj[s][0] if s % 3 == 0 else traj[s - 1][1]["prev"]
+        assert _equal(traj[s][1]["prev"], want), s
+
+
+@pytest.mark.parametrize("method", ["nash_md", "online_ipo", "ipo_md"])
+def test_stateless_methods_take_finite_steps(sft_run, tmp_path, method):
+    trainer = methods.build(_config(sft_run, method), str(tmp_path))
+    state = trainer.init_state()
+    assert state.aux is None
+    for _ in range(2):
+        state, metrics = trainer.step(state, next(trainer.data))
+    assert all(np.isfinite(v) for v in jax.device_get(metrics).values())
+
+
+def test_one_step_on_8_devices_equals_one_device(sft_run, tmp_path):
+    """Nash-MD-PG (sampling, mixture, judge, update) with the batch split over 8 fake CPU
+    devices against the same step on one: same samples, same parameters up to float
+    reduction order."""
+    assert jax.device_count() == 8
+    results = []
+    for n in (1, 8):
+        config = _config(sft_run, "nash_md", batch_size=16)
+        config.mesh.num_devices = n
+        trainer = methods.build(config, str(tmp_path / f"d{n}"))
+        state = trainer.init_state()
+        state, metrics = trainer.step(state, next(trainer.data))
+        devices = {d for x in jax.tree.leaves(state.params) for d in x.devices()}
+        assert len(devices) == n
+        results.append(jax.device_get((state.params, state.opt_state, metrics)))
+    (p1, o1, m1), (p8, o8, m8) = results
+    # The same sampled responses give the same preference and KL estimate.
+    assert m1["rewards/probabilities"] == pytest.approx(m8["rewards/probabilities"], abs=1e-6)
+    assert m1["objective/kl"] == pytest.approx(m8["objective/kl"], abs=1e-5)
+    assert m1["grad_norm"] == pytest.approx(m8["grad_norm"], rel=1e-4)
+    # Adam's moments hold the gradient (mu = 0.1 g, nu = 0.001 g^2): compared to each leaf's
+    # scale. The parameters only to 0.1 lr: Adam's first step is about lr * sign(g), so an
+    # element whose gradient is ~1e-8 can move differently (measured: 2 of 4096 by 1e-3 lr).
+    for a, b in zip(_leaves(o1), _leaves(o8), strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max())
+    lr = 1e-2
+    for a, b in zip(_leaves(p1), _leaves(p8), strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=0.1 * lr)
+
+
+def test_resumed_run_equals_uninterrupted_run(sft_run, tmp_path):
+    """Nash-MP (policy, optimizer, anchor and half-step copies, data and RNG all resume)."""
+    config = _config(sft_run, "nash_mp", mp_steps=2, num_steps=6)
+    run = lambda wd, **kw: loop.run(
+        methods.build(config, str(wd)), str(wd), num_steps=6, checkpoint_every=100,
+        async_checkpoints=False, quiet=True, **kw,
+    )  # fmt: skip
+    straight = jax.device_get(run(tmp_path / "a"))
+    run(tmp_path / "b", stop_after=3)
+    resumed = jax.device_get(run(tmp_path / "b"))
+    assert int(resumed.step) == 6
+    assert _equal(resumed.params, straight.params)
+    assert _equal(resumed.aux, straight.aux)
+    assert _equal(resumed.opt_state, straight.opt_state)
+
+
+def test_rlhf_needs_a_reward_model_run(sft_run, tmp_path):
+    with pytest.raises(ValueError, match=r"needs config\.reward_model"):
+        methods.build(_config(sft_run, "rlhf"), str(tmp_path))
+    with pytest.raises(ValueError, match="is a 'sft' run, not a reward_model run"):
+        methods.build(_config(sft_run, "rlhf", reward_model=sft_run), str(tmp_path))
+
+
+def test_preference_model_judge_must_be_a_preference_model_run(sft_run, tmp_path):
+    with pytest.raises(ValueError, match="is a 'sft' run, not a preference_model run"):
+        methods.build(_config(sft_run, "nash_md", judge=sft_run), str(tmp_path))
+
+
+def test_every_online_method_has_a_config_file():
+    import importlib.util
+    import pathlib
+
+    root = pathlib.Path(__file__).parents[2] / "configs"
+    for method in online.ONLINE_METHODS:
+        spec = importlib.util.spec_from_file_location(method, root / f"{method}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        assert module.get_config().method == method
