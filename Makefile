@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test lint format clean
+.PHONY: demo tabular test lint format clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,13 @@ $(TEST_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
+# The embedded default main job: SFT -> preference/reward models -> every policy method ->
+# evaluation against the exact Nash equilibrium, into runs/demo (results.json, PNGs).
 demo: $(STAMP)
+	$(PY) -m nlhf_jax.train --workdir runs/demo
+
+# The exact tabular lab (seconds): every algorithm on small games, into runs/tabular.
+tabular: $(STAMP)
 	$(PY) -m nlhf_jax.tabular --out runs/tabular
 
 test: $(TEST_STAMP)

@@ -1,9 +1,11 @@
 """Training entry point.
 
     python -m nlhf_jax.train --config configs/<method>.py --workdir DIR [--config.key=value ...]
+    python -m nlhf_jax.train        # the embedded default: the whole pipeline into runs/demo
 
 Resumes from the latest checkpoint in DIR; SIGTERM saves and exits. A config key that does not
-exist is an error (the config is locked).
+exist is an error (the config is locked). Without --config it runs ``nlhf_jax.train.demo`` (as
+``--config configs/demo.py`` does, which also takes overrides).
 """
 
 from __future__ import annotations
@@ -11,18 +13,24 @@ from __future__ import annotations
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from nlhf_jax.train import loop, methods
+from nlhf_jax.train import demo, loop, methods
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
-flags.mark_flags_as_required(["config", "workdir"])
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Directory for checkpoints and metrics (the demo's default: runs/demo)."
+)
 
 
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    config = _CONFIG.value
+    config = _CONFIG.value if _CONFIG.value is not None else demo.demo_config()
+    if config.method == "demo":
+        demo.run(config, _WORKDIR.value or "runs/demo")
+        return
+    if not _WORKDIR.value:
+        raise app.UsageError("--workdir is required")
     trainer = methods.build(config, _WORKDIR.value)
     loop.run(
         trainer,

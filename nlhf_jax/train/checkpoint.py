@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 from flax import nnx
 
 RUN_FILE = "run.json"
@@ -101,6 +102,24 @@ def _unwrap(tree):
     return tree
 
 
+def _read_only(directory: str) -> ocp.CheckpointManager:
+    # orbax warns three times that a read-only manager is read-only; that is the point here.
+    previous = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)
+    try:
+        return ocp.CheckpointManager(
+            directory, options=ocp.CheckpointManagerOptions(read_only=True)
+        )
+    finally:
+        logging.set_verbosity(previous)
+
+
+def latest_step(workdir: str) -> int | None:
+    """The latest checkpointed step of a run's workdir (None: no checkpoint yet)."""
+    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    return _read_only(directory).latest_step() if os.path.isdir(directory) else None
+
+
 def read_identity(workdir: str) -> dict:
     """The ``run.json`` of another run (what its model was)."""
     path = os.path.join(os.path.abspath(workdir), RUN_FILE)
@@ -115,7 +134,7 @@ def load_params(workdir: str, like_params: Any, step: int | None = None) -> Any:
     structure. Raises naming the parameter and both shapes if the run's model differs."""
     read_identity(workdir)  # fails clearly if this is not a run's workdir at all
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
+    manager = _read_only(directory)
     step = manager.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {directory}")

@@ -43,7 +43,8 @@ class Trainer:
       step: the jitted pure step ``(state, batch) -> (state, metrics)``.
       data: the training batches.
       identity: what the state's structure depends on (checked against the workdir).
-      evaluate: optional ``state -> metrics`` run every ``eval_every`` steps and at the end.
+      evaluate: optional ``state -> metrics`` run at step 0, every ``eval_every`` steps and at
+        the end.
       check: optional host-side check of each step's metrics (e.g. the judge's range); it raises
         before the state is checkpointed, so a bad step never reaches disk.
     """
@@ -148,6 +149,8 @@ def run(
             print(f"resumed from {workdir} at step {start}", flush=True)
     stop = {"signal": False}
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(signal=True))
+    if trainer.evaluate and eval_every and start == 0:
+        writer.write(0, "eval", trainer.evaluate(state))  # where the training curves start
     progress = None if quiet else _Progress(start, num_steps)
     step, ran = start, 0
     try:

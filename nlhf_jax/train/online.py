@@ -40,12 +40,12 @@ import numpy as np
 from flax import nnx
 
 from nlhf_jax import data, evaluate, losses, parallel
-from nlhf_jax.judges import ModelJudge
-from nlhf_jax.models import Transformer, TransformerConfig
-from nlhf_jax.models.preference import PreferenceModel, RewardModel, rewards
+from nlhf_jax.evaluate.runs import load_judge
+from nlhf_jax.models import Transformer
+from nlhf_jax.models.preference import rewards
 from nlhf_jax.sampling import MixtureSampler, PolicySampler, SamplingConfig, score_tokens
 from nlhf_jax.tasks.synthetic import EOS, PAD, SEP
-from nlhf_jax.train.checkpoint import load_params, read_identity
+from nlhf_jax.train.checkpoint import load_params
 from nlhf_jax.train.data_sources import synthetic_records, task_from_config
 from nlhf_jax.train.loop import Trainer
 from nlhf_jax.train.pairwise import model_config, optimizer
@@ -54,26 +54,11 @@ from nlhf_jax.train.state import init_train_state, make_step, state_shardings
 ONLINE_METHODS = ("nash_md", "nash_ema", "nash_mp", "online_ipo", "ipo_md", "inpo", "rlhf")
 
 
-def load_pairwise_model(workdir: str, kind: str) -> ModelJudge:
-    """A trained ``preference_model`` or ``reward_model`` run, as a judge (its workdir)."""
-    identity = read_identity(workdir)
-    if identity.get("method") != kind:
-        raise ValueError(f"{workdir!r} is a {identity.get('method')!r} run, not a {kind} run")
-    fields = {k: v for k, v in identity["model"].items() if k != "rope_scaling"}
-    cfg = TransformerConfig(**fields)
-    if kind == "preference_model":
-        model = PreferenceModel(cfg, sep_id=identity["sep_id"], rngs=nnx.Rngs(0))
-    else:
-        model = RewardModel(cfg, rngs=nnx.Rngs(0))
-    graphdef, like = nnx.split(model)
-    return ModelJudge(graphdef, load_params(workdir, like))
-
-
 def _judge(config, task):
     """The preference signal: the exact oracle, or a trained preference model's workdir."""
     if config.judge == "oracle":
         return task
-    return load_pairwise_model(config.judge, "preference_model")
+    return load_judge(config.judge, task, kinds=("preference_model",))
 
 
 def check_judge_metrics(metrics: dict) -> None:
@@ -111,7 +96,7 @@ def build_online(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
     if method == "rlhf":
         if not config.reward_model:
             raise ValueError("method 'rlhf' needs config.reward_model: a reward_model run")
-        reward_model = load_pairwise_model(config.reward_model, "reward_model")
+        reward_model = load_judge(config.reward_model, task, kinds=("reward_model",))
     judge = _judge(config, task)
     tx = optimizer(config)
     settings = SamplingConfig(max_new_tokens=task.response_len, eos_id=EOS, pad_id=PAD)
@@ -265,7 +250,8 @@ def build_online(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
         params = jax.device_get(state.params)
         return {
             **exact(evaluate.enumerated_logprobs(graphdef, params, task)),
-            # Under the run's judge, from samples (what a non-enumerable task would report).
+            # Under the run's judge, from samples (what a non-enumerable task would report); a
+            # malformed response is judged like any other, where the exact figure renormalizes.
             "eval/win_rate_vs_reference": float(
                 sampled_win_rate(params, jax.random.key(config.seed + 1))
             ),

@@ -1,0 +1,150 @@
+"""Exact evaluation of policies on the enumerable synthetic task.
+
+A policy's distribution over every well-formed response of every prompt comes from teacher-forced
+scoring (no sampling), so its KL to the reference, its duality gap in the tau-regularized game
+(against the exact NE of each prompt) and its win rates are exact. Mass the policy puts on
+malformed responses is reported as ``invalid_mass``; the game quantities use the distribution
+renormalized over well-formed responses (stated, since a policy can leave the game).
+
+Win rates are the bilinear form ``M[i, j] = mean_x pi_i(.|x)^T P_x pi_j(.|x)``, with ``P_x`` the
+oracle's matrix (``SyntheticTask.preference_matrices``) or a judge's (``judge_matrices``, every
+ordered pair of responses run through the judge): exact for that preference.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from nlhf_jax.judges import Judge
+from nlhf_jax.sampling import score_tokens
+from nlhf_jax.tabular import solvers
+from nlhf_jax.tasks.synthetic import SyntheticTask
+
+
+def enumerated_logprobs(
+    graphdef: nnx.GraphDef, params: nnx.State, task: SyntheticTask
+) -> np.ndarray:
+    """``log pi(y | x)`` [prompts, responses] of every well-formed response, EOS included."""
+    prompts, resp = task.prompts(), task.responses()
+    X, R = len(prompts), len(resp)
+    x = np.repeat(prompts, R, axis=0)
+    y = np.tile(resp, (X, 1))
+    lp = score_tokens(graphdef, params, x, np.ones_like(x, bool), y, np.ones_like(y, bool))
+    return np.asarray(jnp.sum(lp, -1), np.float64).reshape(X, R)
+
+
+class ExactEvaluator:
+    """Exact game metrics of policies against a fixed reference (means over prompts).
+
+    The preference matrices, each prompt's tau-regularized NE against the reference and the
+    reference's own duality gap are fixed for a run, so they are computed once here; each call
+    only scores the policy. Returns the duality gap, KL to the reference and from the NE, the
+    win rate against the reference and the mass on malformed responses.
+    """
+
+    def __init__(self, task: SyntheticTask, logp_ref: np.ndarray, tau: float):
+        mu = np.exp(logp_ref)
+        self.tau = tau
+        self.mu = mu / mu.sum(-1, keepdims=True)
+        self.P = task.preference_matrices()
+        self.nash = task.exact_nash(self.mu, tau)
+        self.reference_gap = float(self._gap(self.mu).mean())
+
+    def nash_of(self, P_xrr: np.ndarray) -> np.ndarray:
+        """The exact tau-regularized NE against this reference of another game (e.g. a judge's)."""
+        with jax.enable_x64(True):
+            P64, mu64 = (jnp.asarray(np.asarray(a, np.float64)) for a in (P_xrr, self.mu))
+            return np.asarray(jax.vmap(solvers.regularized_nash, (0, 0, None))(P64, mu64, self.tau))
+
+    def gap_of(self, pi_xr: np.ndarray) -> float:
+        """The prompt-averaged duality gap of ``pi [prompts, R]`` in the true game."""
+        return float(self._gap(pi_xr).mean())
+
+    def _gap(self, pi: np.ndarray) -> np.ndarray:
+        with jax.enable_x64(True):
+            P64, mu64, pi64 = (jnp.asarray(a, jnp.float64) for a in (self.P, self.mu, pi))
+            gap = jax.vmap(solvers.duality_gap, (0, 0, None, 0))(P64, mu64, self.tau, pi64)
+            return np.asarray(gap)
+
+    def __call__(self, logp_pi: np.ndarray) -> dict:
+        pi = np.exp(logp_pi)
+        invalid = 1.0 - pi.sum(-1)
+        pi = pi / pi.sum(-1, keepdims=True)
+        with jax.enable_x64(True):
+            P64, pi64, mu64, ne64 = (
+                jnp.asarray(a, jnp.float64) for a in (self.P, pi, self.mu, self.nash)
+            )
+            # To numpy inside the x64 context: a jax float64 array reduced outside it is float32.
+            kl_ref = np.asarray(solvers.kl(pi64, mu64))
+            kl_nash = np.asarray(solvers.kl(ne64, pi64))
+            win = np.asarray(jnp.einsum("xi,xij,xj->x", pi64, P64, mu64))
+        return {
+            "exact/duality_gap": float(self._gap(pi).mean()),
+            "exact/reference_duality_gap": self.reference_gap,
+            "exact/kl_to_reference": float(kl_ref.mean()),
+            "exact/kl_nash_to_policy": float(kl_nash.mean()),
+            "exact/win_rate_vs_reference": float(win.mean()),
+            "exact/invalid_mass": float(invalid.mean()),
+        }
+
+
+def normalized(logp_xr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``pi [..., X, R]`` renormalized over the well-formed responses, and the mass it had on
+    malformed ones ``[..., X]`` (1 - the sum over well-formed responses), from log-probs."""
+    pi = np.exp(np.asarray(logp_xr, np.float64))
+    total = pi.sum(-1, keepdims=True)
+    return pi / total, 1.0 - total[..., 0]
+
+
+def win_rate_matrix(pi_mxr: np.ndarray, P_xrr: np.ndarray) -> np.ndarray:
+    """``M [m, m]``, ``M[i, j] = mean_x pi_i(.|x)^T P_x pi_j(.|x)``: how often policy i beats
+    policy j, exactly, under the preference ``P_x`` (float64). ``M + M^T = 1`` when ``P`` is
+    antisymmetric (``P + P^T = 1``) and each ``pi_i(.|x)`` sums to one."""
+    pi, P = np.asarray(pi_mxr, np.float64), np.asarray(P_xrr, np.float64)
+    return np.einsum("ixr,xrs,jxs->ij", pi, P, pi) / P.shape[0]
+
+
+def judge_matrices(judge: Judge, task: SyntheticTask, batch_size: int = 4096) -> np.ndarray:
+    """``P[x, i, j] = judge(y_i > y_j | x)`` [X, R, R] float64 over the enumerated responses.
+
+    Every ordered pair is judged (no antisymmetry assumed), in jitted batches of ``batch_size``
+    pairs (the last one padded, so there is one compilation), through ``judge_function``.
+    """
+    prompts, resp = task.prompts(), task.responses()
+    X, R = len(prompts), len(resp)
+    x, i, j = (
+        a.ravel() for a in np.meshgrid(np.arange(X), np.arange(R), np.arange(R), indexing="ij")
+    )
+    call = judge_function(judge)
+    batch_size = min(batch_size, len(x))
+    out = []
+    for start in range(0, len(x), batch_size):
+        rows = np.arange(start, start + batch_size) % len(x)  # wraps around: padding
+        xb, a, b = prompts[x[rows]], resp[i[rows]], resp[j[rows]]
+        ones = np.ones_like(a, bool)
+        p = call(xb, np.ones_like(xb, bool), a, ones, b, ones)
+        out.append(p[: len(x) - start])
+    return np.concatenate(out).reshape(X, R, R)
+
+
+_apply = jax.jit(lambda judge, *args: judge.logit(*args))
+
+
+def judge_function(judge: Judge):
+    """The judge as a function of the six arrays returning ``P(a > b)`` in float64.
+
+    Judges with an antisymmetric ``logit`` (``ModelJudge``, the synthetic oracle) are read
+    through it and the sigmoid taken in float64, so that ``P(a > b) + P(b > a) = 1`` to float64
+    rounding (a float32 sigmoid misses it by ~1e-7). A ``ModelJudge`` is jitted with itself as
+    an argument (a pytree: its parameters are not baked in as constants).
+    """
+    if isinstance(judge, SyntheticTask):
+        logit = judge.logit
+    elif hasattr(judge, "logit"):
+        logit = lambda *args: _apply(judge, *args)
+    else:
+        return lambda *args: np.asarray(judge(*args), np.float64)
+    return lambda *args: 1.0 / (1.0 + np.exp(-np.asarray(logit(*args), np.float64)))

@@ -1,0 +1,123 @@
+"""What an evaluation writes: printed tables, ``results.json`` and two figures."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+
+def matrix_table(methods: list[str], M, title: str, stderr=None) -> str:
+    """The win-rate matrix as text: row i, column j = P(method i beats method j)."""
+    width = max(10, *(len(m) + 2 for m in methods))
+    cell = 16 if stderr is not None else 8
+    lines = [title, " " * width + "".join(f"{m:>{max(cell, len(m) + 2)}}" for m in methods)]
+    for i, row_name in enumerate(methods):
+        cells = []
+        for j, col_name in enumerate(methods):
+            text = f"{M[i][j]:.3f}" if stderr is None else f"{M[i][j]:.3f}±{stderr[i][j]:.3f}"
+            cells.append(f"{text:>{max(cell, len(col_name) + 2)}}")
+        lines.append(f"{row_name:<{width}}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def method_table(results: dict) -> str:
+    """One row per method: duality gap, KLs, win rate against the reference, invalid mass."""
+    methods, ref = results["methods"], results["methods"].index(results["reference_name"])
+    columns = {
+        "duality_gap": results["duality_gap"],
+        "KL(pi||mu)": results["kl_to_reference"],
+        "KL(NE||pi)": results["kl_nash_to_policy"],
+        "win_vs_ref": [row[ref] for row in results["win_rate"]],
+    }
+    if "win_rate_judge" in results:
+        columns["win_vs_ref_judge"] = [row[ref] for row in results["win_rate_judge"]]
+    columns["invalid_mass"] = results["invalid_mass"]
+    width = max(10, *(len(m) + 2 for m in methods))
+    head = f"{'method':<{width}}" + "".join(f"{c:>18}" for c in columns)
+    lines = [head, "-" * len(head)]
+    for i, name in enumerate(methods):
+        lines.append(f"{name:<{width}}" + "".join(f"{v[i]:>18.4g}" for v in columns.values()))
+    return "\n".join(lines)
+
+
+def write_json(path: str, obj: dict) -> None:
+    """Writes ``obj`` to ``path`` atomically (a temporary file, then a rename)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def plot_win_rates(path: str, methods: list[str], matrices: dict[str, np.ndarray]) -> None:
+    """Heatmaps with the numbers written in, one panel per matrix (oracle, judge, sampled)."""
+    # A bare Figure (no pyplot): nothing global changes, so a notebook's inline plots survive.
+    from matplotlib.figure import Figure
+
+    n = len(methods)
+    size = 1.0 + 0.8 * n
+    fig = Figure(figsize=(size * len(matrices) + 2, size + 1), constrained_layout=True)
+    axes = np.atleast_1d(fig.subplots(1, len(matrices), sharey=True))
+    for ax, (title, M) in zip(axes, matrices.items(), strict=True):
+        image = ax.imshow(M, vmin=0.0, vmax=1.0, cmap="RdBu_r")
+        for i in range(n):
+            for j in range(n):
+                color = "white" if abs(M[i][j] - 0.5) > 0.3 else "black"
+                ax.text(j, i, f"{M[i][j]:.2f}", ha="center", va="center", color=color)
+        ax.set_xticks(range(n), methods, rotation=45, ha="right")
+        ax.set_xlabel("opponent (column)")
+        ax.set_title(title, fontsize=10)
+    axes[0].set_yticks(range(n), methods)
+    axes[0].set_ylabel("P(row beats column)")
+    fig.colorbar(image, ax=list(axes), shrink=0.8)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    """The rows of a run's ``metrics.jsonl`` (none if it has none). A resumed run may have
+    logged a step twice; the later row wins. Raises naming the file and line if one is not
+    JSON."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    rows = {}
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path} line {number} is not JSON: {e}") from None
+            rows[(row.get("kind"), row.get("step"))] = row
+    return sorted(rows.values(), key=lambda r: r.get("step", 0))
+
+
+def plot_training_curves(path: str, runs: dict[str, str], reference_gap: float) -> None:
+    """Each run's logged ``exact/duality_gap`` (eval rows, at the run's own tau) and training
+    ``loss`` against steps, from its ``metrics.jsonl``."""
+    # A bare Figure (no pyplot): nothing global changes, so a notebook's inline plots survive.
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4))
+    gap_ax, loss_ax = fig.subplots(1, 2)
+    for name, workdir in runs.items():
+        rows = read_metrics(workdir)
+        for ax, kind, key in ((gap_ax, "eval", "exact/duality_gap"), (loss_ax, "train", "loss")):
+            points = [(r["step"], r[key]) for r in rows if r.get("kind") == kind and key in r]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker=".", label=name)
+    if reference_gap > 0:  # a log axis
+        gap_ax.axhline(reference_gap, color="gray", ls="--", label="reference (mu), this tau")
+    gap_ax.set(
+        xlabel="step", ylabel="duality gap", title="exact/duality_gap logged by each run (its tau)"
+    )
+    gap_ax.set_yscale("log")
+    loss_ax.set(xlabel="step", ylabel="loss", title="training loss")
+    for ax in (gap_ax, loss_ax):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
