@@ -86,7 +86,7 @@ def make_step(
         chex.assert_rank(loss, 0)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {**prep_metrics, **metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
+        metrics = {**prep_metrics, **metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
         new = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         if after is not None:
             new = after(state, new)
