@@ -50,14 +50,13 @@ class ExactEvaluator:
         self.tau = tau
         self.mu = mu / mu.sum(-1, keepdims=True)
         self.P = task.preference_matrices()
-        self.nash = task.exact_nash(self.mu, tau)
+        self.nash = self.nash_of(self.P)
         self.reference_gap = float(self._gap(self.mu).mean())
 
     def nash_of(self, P_xrr: np.ndarray) -> np.ndarray:
-        """The exact tau-regularized NE against this reference of another game (e.g. a judge's)."""
-        with jax.enable_x64(True):
-            P64, mu64 = (jnp.asarray(np.asarray(a, np.float64)) for a in (P_xrr, self.mu))
-            return np.asarray(jax.vmap(solvers.regularized_nash, (0, 0, None))(P64, mu64, self.tau))
+        """The exact tau-regularized NE against this reference of a game: the true one
+        (``self.nash``) or another, e.g. a learned judge's."""
+        return solvers.regularized_nash_batch(P_xrr, self.mu, self.tau)
 
     def gap_of(self, pi_xr: np.ndarray) -> float:
         """The prompt-averaged duality gap of ``pi [prompts, R]`` in the true game."""
@@ -70,9 +69,7 @@ class ExactEvaluator:
             return np.asarray(gap)
 
     def __call__(self, logp_pi: np.ndarray) -> dict:
-        pi = np.exp(logp_pi)
-        invalid = 1.0 - pi.sum(-1)
-        pi = pi / pi.sum(-1, keepdims=True)
+        pi, invalid = normalized(logp_pi)
         with jax.enable_x64(True):
             P64, pi64, mu64, ne64 = (
                 jnp.asarray(a, jnp.float64) for a in (self.P, pi, self.mu, self.nash)

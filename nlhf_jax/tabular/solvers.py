@@ -110,6 +110,14 @@ def regularized_nash(
     return jnp.exp(logpi)
 
 
+def regularized_nash_batch(P_xnn, mu_xn, tau: float) -> np.ndarray:
+    """``regularized_nash`` of every context's game ``P[x]`` against ``mu[x]``, solved in float64
+    (inputs converted inside the x64 context, so nothing is rounded to float32 first)."""
+    with jax.enable_x64(True):
+        P64, mu64 = (jnp.asarray(np.asarray(a, np.float64)) for a in (P_xnn, mu_xn))
+        return np.asarray(jax.vmap(regularized_nash, (0, 0, None))(P64, mu64, tau))
+
+
 def nash_lp(P) -> tuple[np.ndarray, float]:
     """The unregularized NE of a symmetric preference game, by linear programming (scipy).
 

@@ -207,11 +207,7 @@ class SyntheticTask:
 
     def exact_nash(self, mu: np.ndarray, tau: float) -> np.ndarray:
         """The regularized NE of every prompt's game against reference ``mu [prompts, R]``."""
-        P = np.asarray(self.preference_matrices(), np.float64)
-        with jax.enable_x64(True):
-            P64, mu64 = jnp.asarray(P, jnp.float64), jnp.asarray(mu, jnp.float64)
-            pi = jax.vmap(solvers.regularized_nash, (0, 0, None))(P64, mu64, tau)
-            return np.asarray(pi)
+        return solvers.regularized_nash_batch(self.preference_matrices(), mu, tau)
 
 
 def style_of(patterns):
