@@ -14,12 +14,15 @@ graphdef static), so they can be passed into, and called inside, `jax.jit`.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+import dataclasses
+from typing import Any, Protocol, runtime_checkable
 
 import flax.struct
 import jax
 from flax import nnx
 
+from nlhf_jax.checkpoint import JUDGE_METHODS, load_params, read_identity, transformer_config
+from nlhf_jax.errors import UserError
 from nlhf_jax.models.preference import PAIR_FIELDS, PreferenceModel, RewardModel
 
 Array = jax.Array
@@ -93,3 +96,45 @@ class ModelJudge:
 
 PreferenceJudge = ModelJudge
 RewardJudge = ModelJudge
+
+
+def load_judge(
+    workdir: str,
+    task: Any = None,
+    kinds: tuple[str, ...] = JUDGE_METHODS,
+    *,
+    vocab_size: int | None = None,
+) -> ModelJudge:
+    """A run of one of ``kinds`` (``preference_model``, ``reward_model``) as a judge.
+
+    Args:
+      workdir: the judge run's directory.
+      task: the synthetic task the judged responses come from (a dataclass), or None. A judge
+        trained on synthetic pairs of another task (``data.task`` in its run.json) is refused.
+      kinds: the methods accepted.
+      vocab_size: the vocabulary of the policies it will judge; a judge with a smaller
+        embedding table cannot read their tokens and is refused.
+    """
+    identity = read_identity(workdir)
+    method = identity.get("method")
+    if method not in kinds:
+        raise UserError(f"{workdir} is a {method!r} run, not a {' or '.join(kinds)} run")
+    if task is not None:
+        trained_on = identity.get("data", {}).get("task")
+        if trained_on is not None and trained_on != dataclasses.asdict(task):
+            raise UserError(
+                f"judge {workdir} was trained on pairs of another task: {trained_on}, "
+                f"the policies' is {dataclasses.asdict(task)}"
+            )
+        vocab_size = task.vocab_size
+    cfg = transformer_config(identity["model"])
+    if vocab_size is not None and cfg.vocab_size != vocab_size:
+        raise UserError(
+            f"judge {workdir} has vocabulary {cfg.vocab_size}, the policies {vocab_size}"
+        )
+    if method == "preference_model":
+        model = PreferenceModel(cfg, sep_id=identity["sep_id"], rngs=nnx.Rngs(0))
+    else:
+        model = RewardModel(cfg, rngs=nnx.Rngs(0))
+    graphdef, like = nnx.split(model)
+    return ModelJudge(graphdef, load_params(workdir, like))

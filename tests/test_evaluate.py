@@ -18,13 +18,13 @@ import pytest
 from flax import nnx
 
 from nlhf_jax import evaluate
+from nlhf_jax.checkpoint import Checkpoints, load_params, read_identity
 from nlhf_jax.evaluate import report
 from nlhf_jax.evaluate.__main__ import main as cli_main
 from nlhf_jax.evaluate.runs import load_judge, parse_runs, transformer_config
 from nlhf_jax.models import Transformer
 from nlhf_jax.tasks.synthetic import SyntheticTask
 from nlhf_jax.train import loop, methods
-from nlhf_jax.train.checkpoint import Checkpoints, load_params, read_identity
 from nlhf_jax.train.defaults import base_config
 
 SAMPLED = 64  # responses per prompt and policy: 576 per policy, a few seconds
@@ -222,7 +222,7 @@ def test_reference_named_among_the_runs_is_not_repeated(runs):
     assert results["config"]["tau"] == 0.2 and "win_rate_judge" not in results
 
 
-def test_errors_name_the_run(runs, tmp_path):
+def test_errors_name_the_run(runs, tmp_path, capsys):
     ref = runs["sft"]
     with pytest.raises(FileNotFoundError, match=r"run 'empty'.*not a training run"):
         evaluate.evaluate_runs(ref, {"empty": str(tmp_path)}, quiet=True)
@@ -242,8 +242,11 @@ def test_errors_name_the_run(runs, tmp_path):
         parse_runs(["a=x", "a=y"])
     with pytest.raises(ValueError, match="expected NAME=WORKDIR"):
         parse_runs(["x"])
-    with pytest.raises(SystemExit, match="error: run 'pm'"):
+    with pytest.raises(SystemExit) as exit_info:  # a user's mistake: one line, status 2
         cli_main(["--reference", ref, f"pm={runs['pm']}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: run 'pm'") and "Traceback" not in err
 
 
 def test_metrics_reader_keeps_the_last_row_of_a_step_and_names_bad_lines(tmp_path):

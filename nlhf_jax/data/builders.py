@@ -1,8 +1,9 @@
 """tfds builders that need no TensorFlow: array_record files, read back with `as_data_source`.
 
-Three builders, each written under `data_dir/<builder>/<name>/<version>`:
+Four builders, each written under `data_dir/<builder>/<name>/<version>`:
   * `PreferencePairs`: JSONL/Parquet preference files in any layout of `readers.PAIR_LAYOUTS`.
   * `Prompts`: JSONL/Parquet files with a `prompt` field.
+  * `Demonstrations`: JSONL/Parquet files with `prompt` and `response` fields (SFT).
   * `GeneratedRecords`: any records from Python iterables (the synthetic task, tokenized data),
     with the features given by the caller; token-id fields are variable-length int32 vectors.
 
@@ -92,8 +93,12 @@ def _split_files(files: Files) -> dict[str, list[str]]:
     return {"train": list(files)}
 
 
-def _fingerprint(files: dict[str, list[str]]) -> dict[str, list[list[Any]]]:
+def input_fingerprint(files: dict[str, list[str]]) -> dict[str, list[list[Any]]]:
     """Path, size and mtime of every input: a reused dataset must come from the same files."""
+    for paths in files.values():
+        for p in paths:
+            if not os.path.isfile(p):
+                raise readers.MissingInput(f"{p}: no such file")
     return {
         split: [[os.path.abspath(p), os.path.getsize(p), os.path.getmtime(p)] for p in paths]
         for split, paths in files.items()
@@ -152,7 +157,7 @@ class _FileRowsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         # Written with the dataset info after the last split, so readers see the counts too.
         self.info.metadata["skipped_rows"] = {k: v.count for k, v in self._skipped.items()}
         self.info.metadata["skipped_messages"] = {k: v.messages for k, v in self._skipped.items()}
-        self.info.metadata["inputs"] = _fingerprint(self._files)
+        self.info.metadata["inputs"] = input_fingerprint(self._files)
 
 
 class PreferencePairs(_FileRowsBuilder):
@@ -191,6 +196,22 @@ class Prompts(_FileRowsBuilder):
 
     def _read(self, path, skipped):
         return readers.read_prompts(path, on_error=self._on_error, skipped=skipped)
+
+
+class Demonstrations(_FileRowsBuilder):
+    """SFT demonstrations `{prompt, response, source}`."""
+
+    def _features(self):
+        return tfds.features.FeaturesDict(
+            {
+                "prompt": tfds.features.Text(),
+                "response": tfds.features.Text(),
+                "source": tfds.features.Text(),
+            }
+        )
+
+    def _read(self, path, skipped):
+        return readers.read_demonstrations(path, on_error=self._on_error, skipped=skipped)
 
 
 class GeneratedRecords(tfds.core.GeneratorBasedBuilder):
@@ -282,7 +303,7 @@ def _build_from_files(cls, files: Files, data_dir: str, name: str, overwrite: bo
     )
     if builder.is_prepared() and not overwrite:
         stored = json.loads(json.dumps(builder.info.metadata.get("inputs", {})))
-        if stored != json.loads(json.dumps(_fingerprint(split_files))):
+        if stored != json.loads(json.dumps(input_fingerprint(split_files))):
             raise ValueError(
                 f"{builder.data_dir} was built from other or changed files; pass overwrite=True "
                 "to rebuild it"
@@ -333,6 +354,19 @@ def build_prompts(
 ) -> BuiltDataset:
     """Builds (or reuses) a prompt-only dataset; arguments as in `build_pairs`."""
     return _build_from_files(Prompts, files, data_dir, name, overwrite, on_error=on_error)
+
+
+def build_demonstrations(
+    files: Files,
+    data_dir: str,
+    *,
+    name: str = "default",
+    on_error: readers.OnError = "raise",
+    overwrite: bool = False,
+) -> BuiltDataset:
+    """Builds (or reuses) an SFT demonstrations dataset (`prompt`, `response`); arguments as in
+    `build_pairs`."""
+    return _build_from_files(Demonstrations, files, data_dir, name, overwrite, on_error=on_error)
 
 
 def build_records(

@@ -50,6 +50,8 @@ class BatchOptions:
       drop_remainder: drop a last, smaller batch of each run so every batch has b rows.
       pad_id: the padding id (default: the tokenizer's pad id, else 0); masks mark real tokens.
       eos_id: the EOS id for `append_eos` (default: the tokenizer's).
+      chat_template: wrap each text prompt in the tokenizer's chat template as one user turn,
+        with the assistant's generation prompt after it (`apply_chat_template`).
       num_threads: grain prefetch threads; the batches do not depend on it.
       prefetch_buffer_size: elements grain prepares ahead.
     """
@@ -65,6 +67,7 @@ class BatchOptions:
     drop_remainder: bool = True
     pad_id: int | None = None
     eos_id: int | None = None
+    chat_template: bool = False
     num_threads: int = 2
     prefetch_buffer_size: int = 64
 
@@ -84,6 +87,10 @@ class _Encode:
             if self.tokenizer is None:
                 raise ValueError(f"{where}:{field}: text record, but no tokenizer was given")
             text = value.decode("utf-8") if isinstance(value, bytes) else value
+            if field == "prompt" and self.options.chat_template:
+                text = self.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
+                )
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             return np.asarray(ids, dtype=np.int32)
         return np.asarray(value, dtype=np.int32).reshape(-1)
@@ -128,6 +135,32 @@ class _Encode:
                 raise ValueError(f"{where}:label: {label} is outside [0, 1]")
             out["label"] = np.float32(label)
         return out
+
+
+def encode_prompts(
+    records: Sequence[Mapping[str, Any]], options: BatchOptions, *, tokenizer=None
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Prompt records -> left-padded ``prompt [n, P]``, ``prompt_mask [n, P]`` and the number of
+    prompts truncated from the left; the same encoding as `prompt_batches`, without a pipeline
+    (for a fixed set: evaluation prompts, the prompts of ``python -m nlhf_jax.sample``)."""
+    pad_id, eos_id = _special_ids(options, tokenizer)
+    encode = _Encode("prompts", options, tokenizer, pad_id, eos_id)
+    rows = [encode(i, r) for i, r in enumerate(records)]
+    if not rows:
+        raise ValueError("encode_prompts: no records")
+    tokens = np.stack([r["prompt"] for r in rows])
+    mask = np.stack([r["prompt_mask"] for r in rows])
+    return tokens, mask, int(sum(bool(r[_FLAG_PROMPT]) for r in rows))
+
+
+def _special_ids(options: BatchOptions, tokenizer) -> tuple[int, int | None]:
+    pad_id = options.pad_id
+    if pad_id is None:
+        pad_id = getattr(tokenizer, "pad_token_id", None) or 0
+    eos_id = (
+        options.eos_id if options.eos_id is not None else getattr(tokenizer, "eos_token_id", None)
+    )
+    return pad_id, eos_id
 
 
 def _pad_left(ids_n: np.ndarray, length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -227,12 +260,7 @@ def _batches(
         raise ValueError(f"{kind} batches need max_response_len > 0")
     if options.on_long_prompt not in ("truncate", "error"):
         raise ValueError(f"on_long_prompt must be 'truncate' or 'error': {options.on_long_prompt}")
-    pad_id = options.pad_id
-    if pad_id is None:
-        pad_id = getattr(tokenizer, "pad_token_id", None) or 0
-    eos_id = (
-        options.eos_id if options.eos_id is not None else getattr(tokenizer, "eos_token_id", None)
-    )
+    pad_id, eos_id = _special_ids(options, tokenizer)
     if options.append_eos and eos_id is None:
         raise ValueError("append_eos needs eos_id or a tokenizer with an EOS token")
     if process_index is None or process_count is None:

@@ -9,6 +9,7 @@ Normalized records:
   pairs:   {"prompt": str, "response_a": str, "response_b": str, "label": float = P(a > b),
             "source": "file:row"}
   prompts: {"prompt": str, "source": "file:row"}
+  demos:   {"prompt": str, "response": str, "source": "file:row"}
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import math
 import os
 from collections.abc import Collection, Iterator
 from typing import Any, Literal
+
+from nlhf_jax.errors import MissingInput, UserError
 
 OnError = Literal["raise", "skip"]
 
@@ -31,7 +34,7 @@ PAIR_LAYOUTS = (CHOSEN_REJECTED, PAIRWISE, TLDR)
 _MAX_KEPT_MESSAGES = 20  # skipped-row messages kept verbatim; the count covers all of them
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A malformed input row; the message starts with `file:row:field`."""
 
     def __init__(self, path: str, row: int | str, field: str, message: str):
@@ -104,7 +107,7 @@ def _is_parquet(path: str) -> bool:
 def iter_rows(path: str) -> Iterator[tuple[int, dict[str, Any] | DataError]]:
     """Yields (row number, row dict or DataError) from a `.jsonl`/`.json` or `.parquet` file."""
     if not os.path.exists(path):
-        raise FileNotFoundError(path)
+        raise MissingInput(f"{path}: no such file")
     return _iter_parquet(path) if _is_parquet(path) else _iter_jsonl(path)
 
 
@@ -234,6 +237,24 @@ def read_pairs(
         yield record
 
 
+def _read_text_fields(
+    path: str, fields: tuple[str, ...], on_error: OnError, skipped: SkippedRows | None
+) -> Iterator[dict[str, Any]]:
+    if on_error == "skip" and skipped is None:
+        raise ValueError('on_error="skip" needs a SkippedRows to count into')
+    for row_no, row in iter_rows(path):
+        try:
+            if isinstance(row, DataError):
+                raise row
+            record = {f: _text(_get(row, f, path, row_no), f, path, row_no) for f in fields}
+        except DataError as e:
+            if on_error != "skip":
+                raise
+            skipped.add(e)
+            continue
+        yield {**record, "source": f"{path}:{row_no}"}
+
+
 def read_prompts(
     path: str, *, on_error: OnError = "raise", skipped: SkippedRows | None = None
 ) -> Iterator[dict[str, Any]]:
@@ -241,16 +262,12 @@ def read_prompts(
 
     Args and errors as in `read_pairs`.
     """
-    if on_error == "skip" and skipped is None:
-        raise ValueError('on_error="skip" needs a SkippedRows to count into')
-    for row_no, row in iter_rows(path):
-        try:
-            if isinstance(row, DataError):
-                raise row
-            prompt = _text(_get(row, "prompt", path, row_no), "prompt", path, row_no)
-        except DataError as e:
-            if on_error != "skip":
-                raise
-            skipped.add(e)
-            continue
-        yield {"prompt": prompt, "source": f"{path}:{row_no}"}
+    return _read_text_fields(path, ("prompt",), on_error, skipped)
+
+
+def read_demonstrations(
+    path: str, *, on_error: OnError = "raise", skipped: SkippedRows | None = None
+) -> Iterator[dict[str, Any]]:
+    """Yields `{"prompt", "response", "source"}` records (SFT demonstrations) from a JSONL or
+    Parquet file with `prompt` and `response` fields. Args and errors as in `read_pairs`."""
+    return _read_text_fields(path, ("prompt", "response"), on_error, skipped)

@@ -1,18 +1,26 @@
 """Head-to-head evaluation of trained policies (see ``nlhf_jax.evaluate``).
 
+On the synthetic task (exact, by enumeration; --sampled N adds the sampled estimate):
+
     python -m nlhf_jax.evaluate --reference runs/sft --judge runs/pm --out runs/eval \
         nash_md=runs/nash_md online_ipo=runs/online_ipo
 
-Prints the win-rate matrix and a per-method table; with --out writes results.json,
-win_rate.png and training_curves.png there.
+On a prompts file (text runs; sampled, with standard errors, under one or more judges):
+
+    python -m nlhf_jax.evaluate --prompts eval_prompts.jsonl --reference runs/sft \
+        --judge runs/pm [--judge task.json] --samples 16 --out runs/eval nash_md=runs/nash_md
+
+Prints the win-rate matrices and a per-method table; with --out writes results.json and
+win_rate.png (and, on the synthetic task, training_curves.png) there.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 
 from absl import logging
+
+from nlhf_jax.errors import exit_on_user_error
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -24,7 +32,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--reference", required=True, help="the SFT run: the reference mu (also a method)"
     )
-    parser.add_argument("--judge", help="a preference_model (or reward_model) run's workdir")
+    parser.add_argument(
+        "--judge",
+        action="append",
+        default=[],
+        help="a preference_model (or reward_model) run's workdir; with --prompts also a text "
+        "task's task.json, and repeatable",
+    )
+    parser.add_argument(
+        "--prompts", help="a JSONL/Parquet prompts file: sampled evaluation of text runs"
+    )
+    parser.add_argument(
+        "--samples", type=int, default=16, help="with --prompts: responses per prompt and policy"
+    )
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=64, help="with --prompts: response length limit"
+    )
     parser.add_argument("--out", help="directory for results.json and the figures")
     parser.add_argument(
         "--tau", type=float, help="KL weight of the game (default: the runs' if recorded, else 0.1)"
@@ -45,23 +68,40 @@ def main(argv: list[str] | None = None) -> None:
     logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
 
     from nlhf_jax.evaluate.head_to_head import evaluate_runs
+    from nlhf_jax.evaluate.on_prompts import evaluate_on_prompts
     from nlhf_jax.evaluate.runs import parse_runs
 
-    try:
+    def run() -> None:
         runs = parse_runs(args.runs)
+        if args.prompts:
+            evaluate_on_prompts(
+                args.reference,
+                runs,
+                args.prompts,
+                args.judge,
+                args.out,
+                samples=args.samples,
+                max_new_tokens=args.max_new_tokens,
+                seed=args.seed,
+            )
+            if args.out:
+                print(f"\nwrote {args.out}/results.json and win_rate.png")
+            return
+        if len(args.judge) > 1:
+            parser.error("one --judge on the synthetic task")
         evaluate_runs(
             args.reference,
             runs,
-            args.judge,
+            args.judge[0] if args.judge else None,
             args.tau,
             args.out,
             sampled=args.sampled,
             seed=args.seed,
         )
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
-    if args.out:
-        print(f"\nwrote {args.out}/results.json, win_rate.png and training_curves.png")
+        if args.out:
+            print(f"\nwrote {args.out}/results.json, win_rate.png and training_curves.png")
+
+    exit_on_user_error(run)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from nlhf_jax.judges import Judge
+from nlhf_jax.judges import Judge, ModelJudge
 from nlhf_jax.sampling import score_tokens
 from nlhf_jax.tabular import solvers
 from nlhf_jax.tasks.synthetic import SyntheticTask
@@ -136,12 +136,13 @@ def judge_function(judge: Judge):
     Judges with an antisymmetric ``logit`` (``ModelJudge``, the synthetic oracle) are read
     through it and the sigmoid taken in float64, so that ``P(a > b) + P(b > a) = 1`` to float64
     rounding (a float32 sigmoid misses it by ~1e-7). A ``ModelJudge`` is jitted with itself as
-    an argument (a pytree: its parameters are not baked in as constants).
+    an argument (a pytree: its parameters are not baked in as constants); any other judge with
+    a ``logit`` (the host-side text judge) is called as it is.
     """
-    if isinstance(judge, SyntheticTask):
-        logit = judge.logit
-    elif hasattr(judge, "logit"):
+    if isinstance(judge, ModelJudge):
         logit = lambda *args: _apply(judge, *args)
+    elif hasattr(judge, "logit"):
+        logit = judge.logit
     else:
         return lambda *args: np.asarray(judge(*args), np.float64)
     return lambda *args: 1.0 / (1.0 + np.exp(-np.asarray(logit(*args), np.float64)))

@@ -20,6 +20,7 @@ import os
 import jax
 import numpy as np
 
+from nlhf_jax.errors import UserError
 from nlhf_jax.evaluate import report
 from nlhf_jax.evaluate.exact import (
     ExactEvaluator,
@@ -40,7 +41,7 @@ def _named_runs(reference: str, runs: dict[str, str], reference_name: str) -> di
     if same:
         return {same[0]: reference, **{n: wd for n, wd in runs.items() if n != same[0]}}
     if reference_name in runs:
-        raise ValueError(
+        raise UserError(
             f"duplicate run name {reference_name!r}: it names the reference ({reference}) and "
             f"{runs[reference_name]}; rename the run"
         )
@@ -51,7 +52,7 @@ def _tau(policies) -> tuple[float, str]:
     """tau recorded by the runs (if any records it and all agree), else the default."""
     recorded = {p.identity["tau"] for p in policies if p.identity.get("tau") is not None}
     if len(recorded) > 1:
-        raise ValueError(f"the runs were trained with different tau {sorted(recorded)}; pass tau")
+        raise UserError(f"the runs were trained with different tau {sorted(recorded)}; pass tau")
     return (recorded.pop(), "runs") if recorded else (DEFAULT_TAU, "default")
 
 
@@ -90,9 +91,9 @@ def evaluate_runs(
       ``reference_name`` and ``config``.
     """
     if sampled < 0 or sampled == 1:
-        raise ValueError(f"sampled={sampled}: 0 (off) or at least 2 responses per prompt")
+        raise UserError(f"sampled={sampled}: 0 (off) or at least 2 responses per prompt")
     if tau is not None and tau <= 0:
-        raise ValueError(f"tau={tau} must be positive")
+        raise UserError(f"tau={tau} must be positive")
     named = _named_runs(reference, runs, policy_identity("reference", reference)["method"])
     policies, task = load_policies(named)
     judges = {"oracle": task}
@@ -132,7 +133,7 @@ def evaluate_runs(
             for i, p in enumerate(policies)
         ]
         for kind, j in judges.items():
-            mean, stderr = sampled_win_rates(j, task, samples, methods)
+            mean, stderr = sampled_win_rates(j, task.prompts(), samples, methods)
             suffix = "" if kind == "oracle" else "_judge"
             results[f"win_rate_sampled{suffix}"] = mean.tolist()
             results[f"win_rate_sampled{suffix}_stderr"] = stderr.tolist()

@@ -7,6 +7,8 @@ import os
 
 import numpy as np
 
+from nlhf_jax.errors import UserError
+
 
 def matrix_table(methods: list[str], M, title: str, stderr=None) -> str:
     """The win-rate matrix as text: row i, column j = P(method i beats method j)."""
@@ -90,7 +92,7 @@ def read_metrics(workdir: str) -> list[dict]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path} line {number} is not JSON: {e}") from None
+                raise UserError(f"{path} line {number} is not JSON: {e}") from None
             rows[(row.get("kind"), row.get("step"))] = row
     return sorted(rows.values(), key=lambda r: r.get("step", 0))
 

@@ -19,6 +19,7 @@ import safetensors.numpy
 import transformers
 from flax import nnx
 
+from nlhf_jax.errors import MissingInput, UserError
 from nlhf_jax.models.config import RopeScaling, TransformerConfig
 from nlhf_jax.models.transformer import Transformer
 
@@ -32,12 +33,12 @@ _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 def _read_config_json(path: str) -> dict:
     config_file = os.path.join(path, "config.json")
     if not os.path.isfile(config_file):
-        raise FileNotFoundError(f"no config.json in checkpoint directory: {config_file}")
+        raise MissingInput(f"no config.json in checkpoint directory: {config_file}")
     with open(config_file) as f:
         raw = json.load(f)
     model_type = raw.get("model_type")
     if model_type not in SUPPORTED:
-        raise ValueError(
+        raise UserError(
             f"{config_file}: unsupported architecture model_type={model_type!r} "
             f"(architectures={raw.get('architectures')}); supported: {sorted(SUPPORTED)}"
         )
@@ -53,7 +54,7 @@ def config_from_hf(
     """Translates a transformers Llama/Qwen2 config; raises on features our model lacks."""
     model_type = hf_config.model_type
     if model_type not in SUPPORTED:
-        raise ValueError(f"unsupported architecture {model_type!r}; supported: {sorted(SUPPORTED)}")
+        raise UserError(f"unsupported architecture {model_type!r}; supported: {sorted(SUPPORTED)}")
     unsupported = []
     if getattr(hf_config, "hidden_act", "silu") != "silu":
         unsupported.append(f"hidden_act={hf_config.hidden_act!r} (only 'silu')")
@@ -76,7 +77,7 @@ def config_from_hf(
     elif rope_type != "default":
         unsupported.append(f"rope_type={rope_type!r} (only 'default' and 'llama3')")
     if unsupported:
-        raise ValueError(f"unsupported {model_type} config: {', '.join(unsupported)}")
+        raise UserError(f"unsupported {model_type} config: {', '.join(unsupported)}")
     num_heads = hf_config.num_attention_heads
     head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // num_heads
     return TransformerConfig(
@@ -187,9 +188,9 @@ class _TensorReader:
             self.file_of = {k: os.path.join(path, v) for k, v in weight_map.items()}
             for shard in sorted(set(self.file_of.values())):
                 if not os.path.isfile(shard):
-                    raise FileNotFoundError(f"{index} lists shard {shard}, which does not exist")
+                    raise MissingInput(f"{index} lists shard {shard}, which does not exist")
         else:
-            raise FileNotFoundError(f"no weights in {path}: neither {single} nor {index} exists")
+            raise MissingInput(f"no weights in {path}: neither {single} nor {index} exists")
         self._open: dict[str, object] = {}
 
     def get(self, name: str) -> np.ndarray:
@@ -234,10 +235,10 @@ def load_pretrained(
         for i in layers:
             name = hf_name.format(i=i)
             if name not in reader.file_of:
-                raise ValueError(f"{path}: checkpoint lacks tensor {name}")
+                raise UserError(f"{path}: checkpoint lacks tensor {name}")
             found = reader.shape(name)
             if found != hf_shape:
-                raise ValueError(
+                raise UserError(
                     f"{path}: parameter {name} has shape {found}, but config.json implies "
                     f"{hf_shape}; the weights are from another model shape"
                 )
@@ -258,7 +259,7 @@ def load_pretrained(
         if n not in used and n not in tied_head and not n.endswith(_IGNORED_SUFFIXES)
     )
     if unexpected:
-        raise ValueError(
+        raise UserError(
             f"{path}: {len(unexpected)} tensors not used by a {hf_config.model_type} model of "
             f"this config, e.g. {unexpected[:5]}"
         )

@@ -9,6 +9,8 @@ import tokenizers
 import transformers
 from transformers import PreTrainedTokenizerBase
 
+from nlhf_jax.errors import MissingInput, UserError
+
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<bos>", "eos_token": "<eos>"}
 
 # Training text for the built-in tokenizer: enough variety for a few hundred merges, and the
@@ -82,10 +84,10 @@ def load_tokenizer(path: str, vocab_size: int | None = None) -> PreTrainedTokeni
       ValueError: if the tokenizer has more tokens than the model's `vocab_size` (both named).
     """
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"tokenizer directory not found: {path}")
+        raise MissingInput(f"tokenizer directory not found: {path}")
     tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
     if vocab_size is not None and len(tokenizer) > vocab_size:
-        raise ValueError(
+        raise UserError(
             f"tokenizer at {path} has {len(tokenizer)} tokens (ids up to {len(tokenizer) - 1}), "
             f"more than the model's vocab_size={vocab_size}"
         )

@@ -5,14 +5,18 @@
 
 Resumes from the latest checkpoint in DIR; SIGTERM saves and exits. A config key that does not
 exist is an error (the config is locked). Without --config it runs ``nlhf_jax.train.demo`` (as
-``--config configs/demo.py`` does, which also takes overrides).
+``--config configs/demo.py`` does, which also takes overrides). A user's mistake (a bad file, a
+wrong key or value, a missing run) ends in one ``error:`` line and exit status 2.
 """
 
 from __future__ import annotations
 
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from nlhf_jax.errors import exit_on_user_error
 from nlhf_jax.train import demo, loop, methods
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file.", lock_config=True)
@@ -21,10 +25,21 @@ _WORKDIR = flags.DEFINE_string(
 )
 
 
-def main(argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing, with a config key that does not exist named in one line, not a trace."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        print(f"error: {e}", file=sys.stderr)
+    except (AttributeError, KeyError) as e:  # ml_collections: an override of an unknown key
+        key = str(e).strip("\"'")
+        given = [a for a in argv[1:] if a.startswith("--config.") and key in a.split("=")[0]]
+        where = f" (from {given[0]})" if given else ""
+        print(f"error: the config has no key {key!r}{where}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _train() -> None:
     config = _CONFIG.value if _CONFIG.value is not None else demo.demo_config()
     if config.method == "demo":
         demo.run(config, _WORKDIR.value or "runs/demo")
@@ -43,5 +58,12 @@ def main(argv) -> None:
     )
 
 
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    exit_on_user_error(_train)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

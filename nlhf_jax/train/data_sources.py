@@ -17,7 +17,9 @@ import ml_collections
 import numpy as np
 
 from nlhf_jax import data
+from nlhf_jax.errors import UserError
 from nlhf_jax.tasks.synthetic import SEP, TASK_VERSION, SyntheticTask, style_of
+from nlhf_jax.train import initial
 
 _PAIR_FEATURES = {
     "prompt": "tokens",
@@ -104,11 +106,21 @@ def synthetic_eval_sets(task: SyntheticTask, num: int, seed: int, batch_size: in
     }
 
 
-def pairs(config: ml_collections.ConfigDict, workdir: str) -> PairSource:
-    """The preference-pair source named by ``config.data.source`` ("synthetic" or "file")."""
+def file_dataset_name(files: dict[str, str]) -> str:
+    """A dataset name from the input files' paths, sizes and mtimes: an edited file gets a new
+    dataset, an unchanged one reuses the one built before."""
+    return _fingerprint(data.builders.input_fingerprint({k: [v] for k, v in files.items()}))
+
+
+def pairs(
+    config: ml_collections.ConfigDict, workdir: str, vocab_size: int | None = None
+) -> PairSource:
+    """The preference-pair source of ``config.data`` ("synthetic" or "file", see
+    ``initial.data_source``); ``vocab_size``: the model's, which the tokenizer must fit."""
     d = config.data
     data_dir = d.data_dir or os.path.join(workdir, "data")
-    if d.source == "synthetic":
+    source = initial.data_source(config)
+    if source == "synthetic":
         task = task_from_config(config)
         settings = {
             "task": config.task.to_dict(),
@@ -121,7 +133,7 @@ def pairs(config: ml_collections.ConfigDict, workdir: str) -> PairSource:
         if d.labels == "probability":  # soft labels: the oracle's probability, no sampling noise
             generated["label"] = generated["probability"]
         elif d.labels != "sampled":
-            raise ValueError(f"config.data.labels={d.labels!r}: choose 'sampled' or 'probability'")
+            raise UserError(f"config.data.labels={d.labels!r}: choose 'sampled' or 'probability'")
         pairs_only = {k: generated[k] for k in _PAIR_FEATURES}
         built = synthetic_records("synthetic_pairs", pairs_only, _PAIR_FEATURES, config, workdir)
         options = data.BatchOptions(
@@ -136,19 +148,27 @@ def pairs(config: ml_collections.ConfigDict, workdir: str) -> PairSource:
             ),
             description={"source": "synthetic", **settings},
         )
-    if d.source == "file":
-        from nlhf_jax.models.tokenizer import load_tokenizer
-
+    if source == "file":
         if not d.train_file:
-            raise ValueError(
+            raise UserError(
                 "config.data.train_file is empty: name the JSONL or Parquet file of pairs"
             )
-        files = {"train": d.train_file, **({"validation": d.eval_file} if d.eval_file else {})}
+        eval_files = [f.strip() for f in d.eval_file.split(",") if f.strip()]
+        if len(eval_files) == 1:
+            eval_names = {"validation": "eval"}  # one set: metrics "eval/accuracy", ...
+        else:  # several: each set named by its file's stem, e.g. "pairs_cyclic/accuracy"
+            stems = [os.path.splitext(os.path.basename(f))[0] for f in eval_files]
+            eval_names = {f"validation_{i}": stem for i, stem in enumerate(stems)}
+        files = {"train": d.train_file, **dict(zip(eval_names, eval_files, strict=True))}
+        vocab_size = vocab_size or config.model.get("vocab_size") or None
+        tokenizer = initial.tokenizer(config, vocab_size=vocab_size)
         built = data.build_pairs(
-            files, data_dir, name=_fingerprint(files), layout=d.layout or None, on_error=d.on_error
+            files,
+            data_dir,
+            name=file_dataset_name(files),
+            layout=d.layout or None,
+            on_error=d.on_error,
         )
-        vocab_size = config.model.get("vocab_size") or 0
-        tokenizer = load_tokenizer(d.tokenizer, vocab_size=vocab_size or None)
         vocab_size = vocab_size or len(tokenizer)
         options = data.BatchOptions(
             config.batch_size,
@@ -156,14 +176,13 @@ def pairs(config: ml_collections.ConfigDict, workdir: str) -> PairSource:
             d.max_response_len,
             seed=config.seed,
             append_eos=True,
+            chat_template=d.chat_template,
         )
         sep = (
             tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
         )
 
         def eval_sets():
-            if not d.eval_file:
-                return {}
             eval_options = dataclasses.replace(
                 options,
                 batch_size=d.eval_batch_size,
@@ -171,10 +190,12 @@ def pairs(config: ml_collections.ConfigDict, workdir: str) -> PairSource:
                 shuffle=False,
                 drop_remainder=False,
             )
-            batches = data.preference_batches(
-                built.source("validation"), eval_options, tokenizer=tokenizer
-            )
-            return {"eval": list(batches)}
+            return {
+                name: list(
+                    data.preference_batches(built.source(split), eval_options, tokenizer=tokenizer)
+                )
+                for split, name in eval_names.items()
+            }
 
         return PairSource(
             train=data.preference_batches(built.source("train"), options, tokenizer=tokenizer),
@@ -183,4 +204,4 @@ def pairs(config: ml_collections.ConfigDict, workdir: str) -> PairSource:
             eval_sets=eval_sets,
             description={"source": "file", **files, "skipped_rows": built.skipped},
         )
-    raise ValueError(f"config.data.source={d.source!r}: choose 'synthetic' or 'file'")
+    raise AssertionError(source)

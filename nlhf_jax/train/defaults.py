@@ -37,8 +37,18 @@ def base_config(method: str) -> ml_collections.ConfigDict:
     # data/fsdp/tensor, their shape, the logical-axis rules) over the first num_devices devices
     # (0: all of them). Default: all devices data-parallel.
     c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1), num_devices=0))
+    # Sampling of the online methods' responses (0 / 1.0: off). The losses treat samples as drawn
+    # from pi itself, so a temperature or top-k/top-p other than the default makes them
+    # approximate. max_new_tokens 0: the task's response length, or data.max_response_len.
+    c.sampling = ml_collections.ConfigDict(
+        dict(temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=0)
+    )
+    # hf_checkpoint: a local Hugging Face directory (config.json + safetensors; Llama or Qwen2):
+    # the SFT policy starts from it, preference/reward models take its backbone (fresh head).
+    # Its architecture replaces the preset's; its tokenizer is used unless data.tokenizer is set.
     c.model = ml_collections.ConfigDict(
         dict(
+            hf_checkpoint="",
             preset="toy",
             d_model=64,
             num_layers=2,
@@ -64,18 +74,24 @@ def base_config(method: str) -> ml_collections.ConfigDict:
     )
     c.data = ml_collections.ConfigDict(
         dict(
-            source="synthetic",  # or "file": your JSONL/Parquet pairs, see README
+            # "synthetic", "file", or empty: "file" when a file, tfds set or checkpoint is named.
+            source="",
             data_dir="",  # where the tfds datasets are written; default WORKDIR/data
             train_pairs=20_000,
             train_demos=20_000,
             labels="sampled",  # synthetic: a Bernoulli draw from the oracle, or "probability"
             eval_pairs=2_000,
             eval_batch_size=500,
-            train_file="",
-            eval_file="",
+            train_file="",  # pairs (preference/reward model) or demonstrations (sft)
+            eval_file="",  # held-out pairs or demonstrations; pairs: several, comma-separated
+            prompts_file="",  # the online methods' prompts: JSONL/Parquet with a `prompt` field
+            prompts_tfds="",  # ... or a tfds prompt set: a prepared directory or name[:split]
+            eval_prompts_file="",  # evaluation prompts (default: the first num_eval_prompts)
+            num_eval_prompts=16,
+            chat_template=False,  # wrap prompts in the tokenizer's chat template
             layout="",  # chosen_rejected | pairwise | tldr; empty: detected from the fields
             on_error="raise",  # or "skip": skip malformed rows and count them
-            tokenizer="",  # a local tokenizer directory (AutoTokenizer)
+            tokenizer="",  # a local tokenizer directory (default: the checkpoint's / init_from's)
             max_prompt_len=256,
             max_response_len=128,
         )

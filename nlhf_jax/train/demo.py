@@ -18,8 +18,9 @@ import time
 
 import ml_collections
 
+from nlhf_jax.checkpoint import latest_step
+from nlhf_jax.errors import UserError
 from nlhf_jax.train import loop, methods
-from nlhf_jax.train.checkpoint import latest_step
 from nlhf_jax.train.defaults import base_config
 
 # name -> (method, overrides): the policies compared (NLHF Table 1's MD, SP, BR and RLHF, and
@@ -98,7 +99,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, quiet: bool = False) ->
     names = [n.strip() for n in d.policies.split(",") if n.strip()]
     unknown = sorted(set(names) - set(POLICIES))
     if unknown:
-        raise ValueError(f"config.demo.policies: unknown {unknown}; known: {', '.join(POLICIES)}")
+        raise UserError(f"config.demo.policies: unknown {unknown}; known: {', '.join(POLICIES)}")
     if not config.data.data_dir:
         config.data.data_dir = os.path.join(workdir, "data")  # one copy for every stage
     t0 = time.time()

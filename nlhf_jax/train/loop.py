@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from tensorboardX import SummaryWriter
 
-from nlhf_jax.train.checkpoint import Checkpoints
+from nlhf_jax.checkpoint import Checkpoints, save_tokenizer
 
 
 class DataIterator(Protocol):
@@ -47,6 +47,11 @@ class Trainer:
         the end.
       check: optional host-side check of each step's metrics (e.g. the judge's range); it raises
         before the state is checkpointed, so a bad step never reaches disk.
+      tokenizer: a text run's Hugging Face tokenizer, kept in ``WORKDIR/tokenizer`` so that
+        sampling, evaluation and export need only the workdir.
+
+    ``evaluate`` may return ``texts``, a list of ``{prompt, response}`` dicts: they go to
+    ``WORKDIR/samples.jsonl``, the console and TensorBoard's text tab.
     """
 
     init_state: Callable[[], Any]
@@ -55,6 +60,7 @@ class Trainer:
     identity: dict
     evaluate: Callable[[Any], dict] | None = None
     check: Callable[[dict], None] | None = None
+    tokenizer: Any = None
 
 
 class MetricsWriter:
@@ -83,6 +89,33 @@ class MetricsWriter:
         if not self.quiet:
             body = "  ".join(f"{k}={_fmt(v)}" for k, v in row.items() if k not in ("step", "kind"))
             print(f"[{kind} step {step}] {body}", flush=True)
+
+    def write_texts(self, step: int, texts: list[dict], show: int = 2) -> None:
+        """Sampled prompt/response texts: every one to ``samples.jsonl`` and TensorBoard, the
+        first ``show`` to the console."""
+        with open(os.path.join(os.path.dirname(self.path), "samples.jsonl"), "a") as f:
+            for row in texts:
+                f.write(json.dumps({"step": step, **row}) + "\n")
+        if "eval" not in self._boards:
+            self._boards["eval"] = SummaryWriter(os.path.join(self.tensorboard, "eval"))
+        table = "\n\n".join(
+            f"**prompt:** {t['prompt']}  \n**response:** {t['response']}" for t in texts
+        )
+        self._boards["eval"].add_text("samples", table, step)
+        if not self.quiet:
+            for row in texts[:show]:
+                print(
+                    f"  [sample step {step}] {row['prompt']!r} -> {row['response']!r}", flush=True
+                )
+
+    def write_eval(self, step: int, metrics: dict) -> None:
+        """Evaluation metrics, and the ``texts`` among them (``write_texts``)."""
+        metrics = dict(metrics)
+        texts = metrics.pop("texts", None)
+        if metrics:
+            self.write(step, "eval", metrics)
+        if texts:
+            self.write_texts(step, texts)
 
     def close(self) -> None:
         for board in self._boards.values():
@@ -139,6 +172,8 @@ def run(
     ckpt = Checkpoints(
         workdir, trainer.identity, max_to_keep=max_to_keep, async_save=async_checkpoints
     )
+    if trainer.tokenizer is not None:  # after the identity check: never into another run's dir
+        save_tokenizer(trainer.tokenizer, workdir)
     writer = MetricsWriter(workdir, quiet=quiet)
     state = trainer.init_state()
     start = ckpt.latest_step() or 0
@@ -150,7 +185,7 @@ def run(
     stop = {"signal": False}
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(signal=True))
     if trainer.evaluate and eval_every and start == 0:
-        writer.write(0, "eval", trainer.evaluate(state))  # where the training curves start
+        writer.write_eval(0, trainer.evaluate(state))  # where the training curves start
     progress = None if quiet else _Progress(start, num_steps)
     step, ran = start, 0
     try:
@@ -165,7 +200,7 @@ def run(
             if step % log_every == 0 or step == num_steps:
                 writer.write(step, "train", metrics)
             if trainer.evaluate and eval_every and step % eval_every == 0 and step < num_steps:
-                writer.write(step, "eval", trainer.evaluate(state))
+                writer.write_eval(step, trainer.evaluate(state))
             interrupted = stop["signal"] or (stop_after is not None and ran >= stop_after)
             if step % checkpoint_every == 0 or step == num_steps or interrupted:
                 ckpt.save(step, state, trainer.data.get_state())
@@ -174,7 +209,7 @@ def run(
             if interrupted:
                 break
         if step == num_steps and trainer.evaluate:
-            writer.write(step, "eval", trainer.evaluate(state))
+            writer.write_eval(step, trainer.evaluate(state))
     finally:
         if progress:
             progress.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from nlhf_jax.errors import UserError
 from nlhf_jax.train import online, pairwise, policy
 
 METHODS = {
@@ -14,7 +15,7 @@ METHODS = {
 
 def build(config, workdir: str):
     if config.method not in METHODS:
-        raise ValueError(
+        raise UserError(
             f"unknown method {config.method!r}; known methods: {', '.join(sorted(METHODS))}"
         )
     return METHODS[config.method](config, workdir)

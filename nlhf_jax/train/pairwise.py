@@ -14,45 +14,34 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from flax import nnx
 
-from nlhf_jax.models import get_preset
 from nlhf_jax.models import metrics as pm_metrics
 from nlhf_jax.models.preference import (
     PreferenceModel,
     RewardModel,
+    load_backbone,
     preference_cross_entropy,
     preference_logits,
     reward_logits,
 )
-from nlhf_jax.train import data_sources
+from nlhf_jax.train import data_sources, initial
+from nlhf_jax.train.initial import model_config, optimizer
 from nlhf_jax.train.loop import Trainer
 from nlhf_jax.train.state import init_train_state, make_step
 
 
-def optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """AdamW with linear warm-up and cosine decay, gradient clipping at 1."""
-    opt = config.optimizer
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, opt.learning_rate, opt.warmup_steps, max(config.num_steps, opt.warmup_steps + 1)
-    )
-    return optax.chain(
-        optax.clip_by_global_norm(opt.max_grad_norm),
-        optax.adamw(schedule, weight_decay=opt.weight_decay),
-    )
-
-
-def model_config(config, vocab_size: int):
-    overrides = {k: v for k, v in config.model.items() if k != "preset"}
-    return get_preset(config.model.preset, **{"vocab_size": vocab_size, **overrides})
-
-
 def build(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
-    """The trainer of ``config.method`` in {"preference_model", "reward_model"}."""
+    """The trainer of ``config.method`` in {"preference_model", "reward_model"}.
+
+    The backbone starts from ``config.model.hf_checkpoint`` or the ``config.init_from`` policy
+    run when one is named (the head is always fresh), else from a fresh preset model.
+    """
     kind = config.method
-    source = data_sources.pairs(config, workdir)
-    model_cfg = model_config(config, source.vocab_size)
+    backbone_cfg, backbone = initial.backbone_state(config)
+    vocab_size = backbone_cfg.vocab_size if backbone_cfg else None
+    source = data_sources.pairs(config, workdir, vocab_size=vocab_size)
+    model_cfg = backbone_cfg or model_config(config, source.vocab_size)
     rngs = nnx.Rngs(config.seed)
     if kind == "preference_model":
         model, logits_fn = (
@@ -61,6 +50,8 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
         )
     else:
         model, logits_fn = RewardModel(model_cfg, rngs=rngs), reward_logits
+    if backbone is not None:
+        load_backbone(model, backbone)
     graphdef, params = nnx.split(model)
     tx = optimizer(config)
 
@@ -93,6 +84,8 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
         "sep_id": source.sep_id,
         "data": source.description,
     }
+    if backbone is not None:  # where the backbone came from (recorded, not a shape)
+        identity["backbone"] = config.model.hf_checkpoint or config.init_from
     return Trainer(
         init_state=lambda: init_train_state(params, tx, config.seed),
         step=make_step(graphdef, tx, loss_fn),

@@ -1,16 +1,23 @@
-"""Checkpoints of a training run: orbax CheckpointManager plus a run identity check.
+"""Run directories: orbax checkpoints, the run identity, and loading a run's policy.
 
 A workdir holds one run: ``run.json`` records what the state's shapes depend on (the method and
 the model config). Opening a workdir whose ``run.json`` differs raises before anything is written,
-so a checkpoint of another model is never overwritten nor half-restored. orbax writes each step
-to a temporary directory and renames it when complete, so a kill mid-save leaves nothing that a
-restart would load (the temporary directory is cleaned up on the next start).
+so a checkpoint of another model is never overwritten nor half-restored; a workdir without any
+checkpoint holds nothing to protect, so its ``run.json`` is replaced (a run that failed on a bad
+input does not block the corrected one). orbax writes each step to a temporary directory and
+renames it when complete, so a kill mid-save leaves nothing that a restart would load.
+
+Policy runs on text also keep their tokenizer in ``WORKDIR/tokenizer`` (``save_tokenizer``), so
+sampling, evaluation and export need nothing but the run directory. This module sits below both
+``nlhf_jax.train`` and ``nlhf_jax.evaluate``, which read runs through it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
 from typing import Any
 
 import jax
@@ -18,7 +25,11 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 
+from nlhf_jax.errors import MissingInput, UserError
+from nlhf_jax.models import RopeScaling, Transformer, TransformerConfig
+
 RUN_FILE = "run.json"
+TOKENIZER_DIR = "tokenizer"
 
 
 def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -47,12 +58,16 @@ class Checkpoints:
         os.makedirs(workdir, exist_ok=True)
         run_file = os.path.join(workdir, RUN_FILE)
         identity = json.loads(json.dumps(identity))  # normalise tuples to lists
-        if os.path.exists(run_file):
+        checkpoints = os.path.join(workdir, "checkpoints")
+        has_checkpoint = os.path.isdir(checkpoints) and any(
+            name.isdigit() for name in os.listdir(checkpoints)
+        )
+        if os.path.exists(run_file) and has_checkpoint:
             with open(run_file) as f:
                 previous = json.load(f)
             differences = _diff(previous, identity)
             if differences:
-                raise ValueError(
+                raise UserError(
                     f"{workdir} holds a checkpoint of another run; refusing to touch it. "
                     "Use another --workdir. Differences: " + "; ".join(differences)
                 )
@@ -124,7 +139,7 @@ def read_identity(workdir: str) -> dict:
     """The ``run.json`` of another run (what its model was)."""
     path = os.path.join(os.path.abspath(workdir), RUN_FILE)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: {workdir} is not a training run's workdir")
+        raise MissingInput(f"{path} not found: {workdir} is not a training run's workdir")
     with open(path) as f:
         return json.load(f)
 
@@ -137,7 +152,7 @@ def load_params(workdir: str, like_params: Any, step: int | None = None) -> Any:
     manager = _read_only(directory)
     step = manager.latest_step() if step is None else step
     if step is None:
-        raise FileNotFoundError(f"no checkpoint in {directory}")
+        raise MissingInput(f"no checkpoint in {directory}: the run {workdir} has not saved yet")
     raw = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     pure = _unwrap(raw["state"]["params"])
     want = {
@@ -151,7 +166,86 @@ def load_params(workdir: str, like_params: Any, step: int | None = None) -> Any:
         if want.get(k) != got.get(k)
     ]
     if wrong:
-        raise ValueError(f"{workdir} step {step} holds another model: " + "; ".join(wrong[:5]))
+        raise UserError(f"{workdir} step {step} holds another model: " + "; ".join(wrong[:5]))
     like = jax.tree.map(lambda x: x, like_params)  # a copy: the caller's state stays as it was
     nnx.replace_by_pure_dict(like, pure)
     return like
+
+
+# --- policy runs -----------------------------------------------------------------------------
+
+# Methods whose runs hold a judge rather than a policy.
+JUDGE_METHODS = ("preference_model", "reward_model")
+
+
+def transformer_config(fields: dict) -> TransformerConfig:
+    """The ``TransformerConfig`` of a run.json ``model`` dict (its ``rope_scaling`` is a dict)."""
+    fields = dict(fields)
+    if fields.get("rope_scaling") is not None:
+        fields["rope_scaling"] = RopeScaling(**fields["rope_scaling"])
+    return TransformerConfig(**fields)
+
+
+@dataclasses.dataclass
+class PolicyRun:
+    """A trained policy: its run's identity, model config, split model and latest parameters."""
+
+    name: str
+    workdir: str
+    identity: dict
+    config: TransformerConfig
+    graphdef: nnx.GraphDef
+    params: nnx.State
+
+    @property
+    def model(self) -> Transformer:
+        return nnx.merge(self.graphdef, self.params)
+
+
+def policy_identity(name: str, workdir: str) -> dict:
+    """The run.json of a policy run (SFT or an online method); raises naming the run if the
+    directory is not a run, or holds a judge."""
+    try:
+        identity = read_identity(workdir)
+    except MissingInput as e:
+        raise MissingInput(f"run {name!r}: {e}") from None
+    method = identity.get("method")
+    if method in JUDGE_METHODS or "model" not in identity:
+        raise UserError(
+            f"run {name!r} ({workdir}) is a {method!r} run, not a policy run; pass judges with "
+            "--judge"
+        )
+    return identity
+
+
+def load_policy(workdir: str, name: str = "policy", step: int | None = None) -> PolicyRun:
+    """The latest (or ``step``'s) parameters of a policy run, in the model its run.json names."""
+    identity = policy_identity(name, workdir)
+    config = transformer_config(identity["model"])
+    graphdef, like = nnx.split(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))))
+    params = load_params(workdir, like, step)
+    return PolicyRun(name, workdir, identity, config, graphdef, params)
+
+
+def save_tokenizer(tokenizer, workdir: str) -> None:
+    """Keeps the run's tokenizer in ``WORKDIR/tokenizer``, replaced whole (never half-written)."""
+    target = os.path.join(workdir, TOKENIZER_DIR)
+    os.makedirs(workdir, exist_ok=True)
+    tmp, old = target + ".tmp", target + ".old"
+    for leftover in (tmp, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    tokenizer.save_pretrained(tmp)
+    if os.path.isdir(target):
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def run_tokenizer(workdir: str):
+    """The tokenizer a text run kept (``save_tokenizer``), or None for a synthetic-task run."""
+    path = os.path.join(workdir, TOKENIZER_DIR)
+    if not os.path.isdir(path):
+        return None
+    from nlhf_jax.models.tokenizer import load_tokenizer
+
+    return load_tokenizer(path)

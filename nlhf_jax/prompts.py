@@ -1,0 +1,237 @@
+"""Prompt sources: where the online methods (and sampling, and evaluation) get their prompts.
+
+A ``PromptSource`` yields training batches of left-padded prompt tokens through the same tfds
+(array_record) + grain path as every other dataset, so its iterator resumes exactly; it names
+its tokenizer's special ids (EOS, pad), decodes responses to text, holds a fixed set of
+evaluation prompts, and says how long responses are. Two kinds:
+
+- ``synthetic_source(task, ...)``: the built-in synthetic task. It also carries the task, whose
+  responses can be enumerated, so its runs get exact game metrics.
+- ``text_source(...)``: a JSONL/Parquet prompts file (field ``prompt``) or a tfds prompt set,
+  tokenized with a Hugging Face tokenizer (optionally through its chat template). Over-long
+  prompts are truncated from the left and counted; an empty file is an error.
+
+Everything else (sampled win rates under a judge, texts in the logs) works on either.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import os
+from collections.abc import Callable
+
+import numpy as np
+
+from nlhf_jax import data
+from nlhf_jax.errors import MissingInput, UserError
+from nlhf_jax.tasks.synthetic import EOS, PAD, SyntheticTask
+
+MIN_EVAL_ROWS = 64
+
+
+@dataclasses.dataclass
+class PromptSource:
+    """Prompts for a policy, and what is needed to sample and read its responses.
+
+    Attributes:
+      batches: ``(batch_size, seed) -> BatchIterator`` of ``{prompt, prompt_mask}`` batches.
+      eval_prompts: ``[n, P]`` int32 and ``[n, P]`` bool: fixed prompts for sampled evaluation
+        and for the texts written to the logs.
+      eos_id: a response ends with it.
+      pad_id: written after a response's EOS and left of a prompt.
+      vocab_size: ids a policy must be able to emit (the tokenizer's size or the task's).
+      max_new_tokens: the length of sampled responses.
+      decode: ``(tokens [n], mask [n]) -> str`` of a prompt or response.
+      identity: JSON description recorded in a run's ``run.json``.
+      task: the synthetic task when the responses can be enumerated (exact metrics), else None.
+      tokenizer: the Hugging Face tokenizer of a text source, else None.
+    """
+
+    batches: Callable[[int, int], data.BatchIterator]
+    eval_prompts: tuple[np.ndarray, np.ndarray]
+    eos_id: int
+    pad_id: int
+    vocab_size: int
+    max_new_tokens: int
+    decode: Callable[[np.ndarray, np.ndarray], str]
+    identity: dict
+    task: SyntheticTask | None = None
+    tokenizer: object = None
+
+    def texts(self, prompt, prompt_mask, response, response_mask, limit: int) -> list[dict]:
+        """The first ``limit`` prompt/response pairs of a batch as text, for the logs."""
+        rows = min(limit, len(prompt))
+        return [
+            {
+                "prompt": self.decode(prompt[i], prompt_mask[i]),
+                "response": self.decode(response[i], response_mask[i]),
+            }
+            for i in range(rows)
+        ]
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def synthetic_source(task: SyntheticTask, data_dir: str, eval_copies: int = 16) -> PromptSource:
+    """Every prompt of the synthetic task, repeated so an epoch holds several batches (each
+    batch is then a uniform shuffle over the prompts); ``eval_copies`` of each for evaluation."""
+    from nlhf_jax.data.builders import build_records
+
+    prompts = task.prompts()
+
+    def batches(batch_size: int, seed: int) -> data.BatchIterator:
+        copies = -(-8 * batch_size // len(prompts))
+        rows = np.repeat(prompts, copies, axis=0)
+        name = f"synthetic_prompts_{hashlib.sha256(rows.tobytes()).hexdigest()[:12]}"
+        records = ({"prompt": row} for row in rows)
+        built = build_records({"train": records}, {"prompt": "tokens"}, data_dir, name=name)
+        options = data.BatchOptions(batch_size, task.prompt_len, seed=seed)
+        return data.prompt_batches(built.source("train"), options)
+
+    symbols = (
+        ["<pad>", "<bos>", "<eos>", "<sep>"]
+        + [f"t{i}" for i in range(task.num_symbols)]
+        + [f"y{i}" for i in range(task.num_symbols)]
+    )
+
+    def decode(tokens, mask) -> str:
+        return " ".join(symbols[t] if 0 <= t < len(symbols) else f"<{t}>" for t in tokens[mask])
+
+    eval_prompts = np.repeat(prompts, eval_copies, axis=0)
+    return PromptSource(
+        batches=batches,
+        eval_prompts=(eval_prompts, np.ones_like(eval_prompts, bool)),
+        eos_id=EOS,
+        pad_id=PAD,
+        vocab_size=task.vocab_size,
+        max_new_tokens=task.response_len,
+        decode=decode,
+        identity={"task": dataclasses.asdict(task)},
+        task=task,
+    )
+
+
+def read_prompt_texts(
+    path: str, *, on_error: str = "raise", limit: int | None = None
+) -> list[dict]:
+    """The ``{prompt, source}`` records of a JSONL/Parquet prompts file (the first ``limit``);
+    an empty file (or one whose every row was skipped) is an error naming it."""
+    skipped = data.SkippedRows()
+    rows = data.readers.read_prompts(path, on_error=on_error, skipped=skipped)
+    records = list(itertools.islice(rows, limit))
+    if not records:
+        why = f" ({skipped.count} malformed rows skipped)" if skipped.count else ""
+        raise UserError(f"{path}: no prompts{why}; the file needs rows with a 'prompt' field")
+    return records
+
+
+def _tfds_prompt_source(spec: str, data_dir: str):
+    """A tfds prompt set: a prepared dataset directory, or ``name[:split]`` of a registered
+    builder prepared under ``data_dir`` (array_record; nothing is downloaded)."""
+    import tensorflow_datasets as tfds
+
+    if os.path.isdir(spec):
+        return tfds.builder_from_directory(spec).as_data_source(split="train")
+    name, _, split = spec.partition(":")
+    try:
+        return tfds.data_source(name, split=split or "train", data_dir=data_dir or None)
+    except Exception as e:  # tfds raises a variety of types for an unknown or unprepared set
+        raise MissingInput(f"config.data.prompts_tfds={spec!r}: {e}") from None
+
+
+def text_source(
+    tokenizer,
+    *,
+    prompts_file: str = "",
+    prompts_tfds: str = "",
+    eval_prompts_file: str = "",
+    num_eval_prompts: int = 16,
+    max_prompt_len: int = 256,
+    max_new_tokens: int = 128,
+    chat_template: bool = False,
+    data_dir: str,
+    on_error: str = "raise",
+) -> PromptSource:
+    """Prompts from a file or a tfds set, tokenized with ``tokenizer``.
+
+    Args:
+      tokenizer: a Hugging Face tokenizer with EOS and pad tokens.
+      prompts_file: JSONL/Parquet with a ``prompt`` field (exactly one of this and
+        ``prompts_tfds``).
+      prompts_tfds: a tfds dataset directory or ``name[:split]`` with a text ``prompt`` feature.
+      eval_prompts_file: prompts for evaluation; default the first ``num_eval_prompts`` of the
+        training prompts (the file's, in order).
+      num_eval_prompts: how many evaluation prompts when no file is given.
+      max_prompt_len: P; longer prompts lose their beginning (counted, logged).
+      max_new_tokens: length of sampled responses.
+      chat_template: wrap prompts in the tokenizer's chat template (one user turn).
+      data_dir: where the tfds dataset of a prompts file is written.
+      on_error: "raise" or "skip" (drop and count) malformed rows.
+    """
+    if bool(prompts_file) == bool(prompts_tfds):
+        raise UserError(
+            "name the prompts: set exactly one of config.data.prompts_file (JSONL/Parquet with "
+            "a 'prompt' field) and config.data.prompts_tfds"
+        )
+    if chat_template and not getattr(tokenizer, "chat_template", None):
+        raise UserError("config.data.chat_template=True, but the tokenizer has no chat template")
+    options = data.BatchOptions(
+        1, max_prompt_len, chat_template=chat_template, pad_id=tokenizer.pad_token_id
+    )
+    if prompts_file:
+        # The first rows: evaluation prompts, and an early error for an empty file.
+        first = read_prompt_texts(prompts_file, on_error=on_error, limit=num_eval_prompts)
+        description = {"prompts_file": os.path.abspath(prompts_file)}
+
+        def records():  # built when training asks for batches (SFT only reads the first rows)
+            files = {"train": prompts_file}
+            name = _digest(data.builders.input_fingerprint({"train": [prompts_file]}))
+            built = data.build_prompts(files, data_dir, name=name, on_error=on_error)
+            return built.source("train")
+    else:
+        tfds_source = _tfds_prompt_source(prompts_tfds, data_dir)
+        if len(tfds_source) == 0:
+            raise UserError(f"config.data.prompts_tfds={prompts_tfds!r}: no prompts")
+        first = [tfds_source[i] for i in range(min(num_eval_prompts, len(tfds_source)))]
+        description = {"prompts_tfds": prompts_tfds}
+        records = lambda: tfds_source
+    if eval_prompts_file:
+        eval_records = read_prompt_texts(eval_prompts_file, on_error=on_error)
+    else:
+        eval_records = first[:num_eval_prompts]
+    eval_tokens, eval_mask, _ = data.encode_prompts(eval_records, options, tokenizer=tokenizer)
+    # Tiled (not repeated), so the first rows stay distinct prompts for the logged texts, and
+    # at least MIN_EVAL_ROWS rows, so the sampled win rate is not one draw per prompt.
+    copies = -(-MIN_EVAL_ROWS // len(eval_tokens))
+    eval_tokens, eval_mask = np.tile(eval_tokens, (copies, 1)), np.tile(eval_mask, (copies, 1))
+
+    def batches(batch_size: int, seed: int) -> data.BatchIterator:
+        opts = dataclasses.replace(options, batch_size=batch_size, seed=seed)
+        return data.prompt_batches(records(), opts, tokenizer=tokenizer)
+
+    def decode(tokens, mask) -> str:
+        return tokenizer.decode(
+            np.asarray(tokens)[np.asarray(mask, bool)], skip_special_tokens=True
+        )
+
+    return PromptSource(
+        batches=batches,
+        eval_prompts=(eval_tokens, eval_mask),
+        eos_id=tokenizer.eos_token_id,
+        pad_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        max_new_tokens=max_new_tokens,
+        decode=decode,
+        identity={
+            "prompts": description,
+            "eos_id": tokenizer.eos_token_id,
+            "pad_id": tokenizer.pad_token_id,
+            "chat_template": chat_template,
+        },
+        tokenizer=tokenizer,
+    )

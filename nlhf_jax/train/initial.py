@@ -1,0 +1,107 @@
+"""Where a run starts: its optimizer, tokenizer and initial model, from the config.
+
+A model starts from one of three places: a preset (``config.model.preset`` plus overrides), a
+Hugging Face checkpoint directory (``config.model.hf_checkpoint``: config.json + safetensors;
+the architecture and weights come from there), or an earlier run (``config.init_from``: the SFT
+policy of the online methods, or the backbone of a preference/reward model). A text run's
+tokenizer is ``config.data.tokenizer``, else the checkpoint's own, else the one the ``init_from``
+run kept; its EOS and pad ids are what sampling and batching use.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+import optax
+from flax import nnx
+
+from nlhf_jax.checkpoint import TOKENIZER_DIR, load_policy
+from nlhf_jax.errors import UserError
+from nlhf_jax.models import Transformer, TransformerConfig, get_preset
+
+SOURCES = ("synthetic", "file")
+
+
+def optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """AdamW with linear warm-up and cosine decay, gradient clipping at ``max_grad_norm``."""
+    opt = config.optimizer
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, opt.learning_rate, opt.warmup_steps, max(config.num_steps, opt.warmup_steps + 1)
+    )
+    return optax.chain(
+        optax.clip_by_global_norm(opt.max_grad_norm),
+        optax.adamw(schedule, weight_decay=opt.weight_decay),
+    )
+
+
+def data_source(config: ml_collections.ConfigDict) -> str:
+    """ "synthetic" or "file". Empty ``config.data.source`` picks "file" when any file, tfds set
+    or checkpoint is named, so naming your data is enough."""
+    d = config.data
+    if d.source:
+        if d.source not in SOURCES:
+            raise UserError(f"config.data.source={d.source!r}: choose one of {SOURCES}")
+        return d.source
+    named = d.train_file or d.prompts_file or d.prompts_tfds or config.model.hf_checkpoint
+    return "file" if named else "synthetic"
+
+
+def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> TransformerConfig:
+    """The preset's architecture with ``config.model``'s overrides (not a checkpoint's)."""
+    skip = ("preset", "hf_checkpoint")
+    overrides = {k: v for k, v in config.model.items() if k not in skip}
+    return get_preset(config.model.preset, **{"vocab_size": vocab_size, **overrides})
+
+
+def tokenizer(config: ml_collections.ConfigDict, vocab_size: int | None = None):
+    """The run's tokenizer: ``data.tokenizer``, else the checkpoint's, else the ``init_from``
+    run's. Refused (naming it) without EOS or pad token, or larger than ``vocab_size``."""
+    from nlhf_jax.models.tokenizer import load_tokenizer
+
+    path = config.data.tokenizer or config.model.hf_checkpoint
+    if not path and config.get("init_from"):
+        path = os.path.join(config.init_from, TOKENIZER_DIR)
+    if not path:
+        raise UserError(
+            "no tokenizer: set config.data.tokenizer to a tokenizer directory, or "
+            "config.model.hf_checkpoint (its tokenizer is used)"
+        )
+    tok = load_tokenizer(path, vocab_size=vocab_size)
+    missing = [name for name in ("eos", "pad") if getattr(tok, f"{name}_token_id") is None]
+    if missing:
+        raise UserError(
+            f"tokenizer at {path} has no {' and no '.join(missing)} token; responses end at EOS "
+            "and batches are padded, so both are needed (e.g. set tokenizer.pad_token = "
+            "tokenizer.eos_token and save_pretrained it)"
+        )
+    return tok
+
+
+def checkpoint_model(config: ml_collections.ConfigDict) -> Transformer | None:
+    """The transformer of ``config.model.hf_checkpoint`` (weights included), or None."""
+    if not config.model.hf_checkpoint:
+        return None
+    from nlhf_jax.models import hf
+
+    return hf.load_pretrained(config.model.hf_checkpoint)
+
+
+def policy_model(config: ml_collections.ConfigDict, vocab_size: int) -> Transformer:
+    """The SFT run's starting policy: the HF checkpoint, else a fresh preset model."""
+    model = checkpoint_model(config)
+    if model is not None:
+        return model
+    return Transformer(model_config(config, vocab_size), rngs=nnx.Rngs(config.seed))
+
+
+def backbone_state(config: ml_collections.ConfigDict) -> tuple[TransformerConfig, nnx.State]:
+    """The pretrained backbone of a preference or reward model, if the config names one: the
+    HF checkpoint's transformer or the ``init_from`` run's policy. ``(None, None)`` if not."""
+    model = checkpoint_model(config)
+    if model is not None:
+        return model.config, nnx.state(model)
+    if config.get("init_from"):
+        run = load_policy(config.init_from, "init_from")
+        return run.config, run.params
+    return None, None

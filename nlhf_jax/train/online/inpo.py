@@ -1,0 +1,42 @@
+"""INPO (ALGORITHMS.md 6): pairs sampled from pi_t, the policy at the start of the round, and
+the squared loss on ``h_t`` with the previous iterate's log-probs; a new round every
+``inpo_round_steps`` steps (the minimizer of each round is the OMD step).
+
+Approximation, stated: fresh pairs are drawn from the frozen pi_t every step rather than a fixed
+set of K per prompt.
+"""
+
+from __future__ import annotations
+
+from nlhf_jax import losses
+from nlhf_jax.train.online.base import Method, where_tree
+
+
+def _pair(ctx, state, prompt, mask, k_a, k_b):
+    return tuple(ctx.sample_pi(state.aux["prev"], prompt, mask, k) for k in (k_a, k_b))
+
+
+def _extra(ctx, state, prompt, mask, a, b):
+    prev = state.aux["prev"]
+    return {
+        "prev_logp_a": ctx.score(prev, prompt, mask, a),
+        "prev_logp_b": ctx.score(prev, prompt, mask, b),
+    }, {}
+
+
+def _loss(ctx, batch, logp_a, logp_b):
+    return losses.inpo_loss(
+        logp_a, batch["ref_logp_a"], batch["prev_logp_a"], batch["response_a_mask"],
+        logp_b, batch["ref_logp_b"], batch["prev_logp_b"], batch["response_b_mask"],
+        batch["preference"], ctx.config.tau, ctx.config.inpo_eta,
+    )  # fmt: skip
+
+
+def _after(ctx, old, new):
+    end_round = new.step % ctx.config.inpo_round_steps == 0
+    return {"prev": where_tree(end_round, new.params, old.aux["prev"])}
+
+
+METHOD = Method(
+    "inpo", pair=_pair, loss=_loss, scores_b=True, extra=_extra, aux=("prev",), after=_after
+)
