@@ -150,14 +150,17 @@ def load_params(workdir: str, like_params: Any, step: int | None = None) -> Any:
     read_identity(workdir)  # fails clearly if this is not a run's workdir at all
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     manager = _read_only(directory)
+    saved = list(manager.all_steps())
     step = manager.latest_step() if step is None else step
     if step is None:
         raise MissingInput(f"no checkpoint in {directory}: the run {workdir} has not saved yet")
+    if step not in saved:
+        raise MissingInput(f"{workdir} has no checkpoint of step {step}; it has {sorted(saved)}")
     raw = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     pure = _unwrap(raw["state"]["params"])
     want = {
         jax.tree_util.keystr(k): v.shape
-        for k, v in jax.tree_util.tree_leaves_with_path(like_params.to_pure_dict())
+        for k, v in jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(like_params))
     }
     got = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(pure)}
     wrong = [
@@ -212,8 +215,8 @@ def policy_identity(name: str, workdir: str) -> dict:
     method = identity.get("method")
     if method in JUDGE_METHODS or "model" not in identity:
         raise UserError(
-            f"run {name!r} ({workdir}) is a {method!r} run, not a policy run; pass judges with "
-            "--judge"
+            f"run {name!r} ({workdir}) is a {method!r} run, not a policy run (judges are named "
+            "as judges)"
         )
     return identity
 

@@ -132,7 +132,7 @@ def hf_config_from(config: TransformerConfig, **overrides) -> transformers.Pretr
     )
     if model_type == "qwen2":
         if c.head_dim * c.num_heads != c.d_model:
-            raise ValueError(
+            raise UserError(
                 f"Qwen2 configs cannot express head_dim={c.head_dim} != d_model / num_heads = "
                 f"{c.d_model} / {c.num_heads}"
             )
