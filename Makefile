@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo tabular test lint format clean
+.PHONY: demo tabular text test lint format clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,24 @@ demo: $(STAMP)
 tabular: $(STAMP)
 	$(PY) -m nlhf_jax.tabular --out runs/tabular
 
+# The text path on the offline text example (README, "The text path"): files and a tiny random
+# Qwen2 -> SFT -> preference and reward models -> Nash-MD and RLHF -> sampled evaluation ->
+# samples -> a Hugging Face export, into data/text and runs/text. Finished stages are skipped.
+TEXT_STAGE = $(PY) -m nlhf_jax.train --config configs/text.py:$(1) --workdir runs/text/$(2)
+text: $(STAMP)
+	test -f data/text/task.json || $(PY) -m nlhf_jax.tasks.text --out data/text
+	$(call TEXT_STAGE,sft,sft)
+	$(call TEXT_STAGE,preference_model,pm)
+	$(call TEXT_STAGE,reward_model,rm)
+	$(call TEXT_STAGE,nash_md,nash_md)
+	$(call TEXT_STAGE,rlhf,rlhf)
+	$(PY) -m nlhf_jax.evaluate --prompts data/text/eval_prompts.jsonl --reference runs/text/sft \
+	    --judge runs/text/pm --judge data/text/task.json --samples 16 --out runs/text/eval \
+	    nash_md=runs/text/nash_md rlhf=runs/text/rlhf
+	$(PY) -m nlhf_jax.sample --run runs/text/nash_md --prompts data/text/eval_prompts.jsonl \
+	    --out runs/text/samples.jsonl --num-samples 2
+	$(PY) -m nlhf_jax.export --run runs/text/nash_md --out runs/text/export --overwrite
+
 test: $(TEST_STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
@@ -41,4 +59,4 @@ format: $(TEST_STAMP)
 	$(PY) -m ruff check --fix .
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs data .pytest_cache

@@ -18,10 +18,10 @@ import pytest
 from flax import nnx
 
 from nlhf_jax import evaluate
-from nlhf_jax.checkpoint import Checkpoints, load_params, read_identity
+from nlhf_jax.checkpoint import Checkpoints, load_params, read_identity, transformer_config
 from nlhf_jax.evaluate import report
 from nlhf_jax.evaluate.__main__ import main as cli_main
-from nlhf_jax.evaluate.runs import load_judge, parse_runs, transformer_config
+from nlhf_jax.evaluate.runs import load_judge, parse_runs
 from nlhf_jax.models import Transformer
 from nlhf_jax.tasks.synthetic import SyntheticTask
 from nlhf_jax.train import loop, methods

@@ -109,9 +109,8 @@ def test_prompt_source_errors_name_the_file(tok, tmp_path):
     with pytest.raises(UserError, match=f"{empty}: no prompts"):
         text_source(tok, prompts_file=str(empty), data_dir=str(tmp_path))
     bad = _write(tmp_path / "bad.jsonl", [{"prompt": "Tell me about rain."}, {"text": "x"}])
-    source = text_source(tok, prompts_file=bad, data_dir=str(tmp_path / "d"))
     with pytest.raises(data.DataError, match=f"{bad}:2:prompt: missing field"):
-        next(source.batches(1, 0))
+        text_source(tok, prompts_file=bad, data_dir=str(tmp_path / "d"))  # read up front
     with pytest.raises(MissingInput, match="no such file"):
         text_source(tok, prompts_file=str(tmp_path / "nope.jsonl"), data_dir=str(tmp_path))
     with pytest.raises(UserError, match="exactly one of"):

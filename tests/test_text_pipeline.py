@@ -27,19 +27,9 @@ from nlhf_jax.sample import sample_run
 from nlhf_jax.tasks import text
 from nlhf_jax.train import loop, methods
 from nlhf_jax.train.online import ONLINE_METHODS
+from nlhf_jax.train.text_stages import stage_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def get_config(stage: str):
-    """configs/text.py's ``get_config`` (configs/ is not a package: loaded by path, as the
-    ``--config configs/text.py:STAGE`` flag does)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("text_config", f"{REPO}/configs/text.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(stage)
 
 
 def _qwen2_checkpoint(path: str, vocab_size: int) -> None:
@@ -76,7 +66,7 @@ def files(tmp_path_factory):
 
 
 def _config(stage: str, files: dict, runs: str, **overrides):
-    c = get_config(stage)
+    c = stage_config(stage)
     c.batch_size, c.log_every = 8, 1000
     c.data.data_dir = os.path.join(runs, "data")
     c.sampling.max_new_tokens = 12
