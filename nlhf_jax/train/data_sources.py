@@ -170,14 +170,7 @@ def pairs(
             on_error=d.on_error,
         )
         vocab_size = vocab_size or len(tokenizer)
-        options = data.BatchOptions(
-            config.batch_size,
-            d.max_prompt_len,
-            d.max_response_len,
-            seed=config.seed,
-            append_eos=True,
-            chat_template=d.chat_template,
-        )
+        options = initial.text_batch_options(config)
         sep = (
             tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
         )

@@ -10,6 +10,7 @@ run kept; its EOS and pad ids are what sampling and batching use.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import ml_collections
@@ -45,6 +46,24 @@ def data_source(config: ml_collections.ConfigDict) -> str:
         return d.source
     named = d.train_file or d.prompts_file or d.prompts_tfds or config.model.hf_checkpoint
     return "file" if named else "synthetic"
+
+
+def text_batch_options(config: ml_collections.ConfigDict, **changes):
+    """The batch options of text demonstrations and pairs: lengths from ``config.data``, EOS
+    appended to every response (so a policy learns to stop and a judge sees where a response
+    ends), the chat template if asked; ``changes`` override (e.g. for evaluation)."""
+    from nlhf_jax import data
+
+    d = config.data
+    options = data.BatchOptions(
+        config.batch_size,
+        d.max_prompt_len,
+        d.max_response_len,
+        seed=config.seed,
+        append_eos=True,
+        chat_template=d.chat_template,
+    )
+    return dataclasses.replace(options, **changes)
 
 
 def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> TransformerConfig:

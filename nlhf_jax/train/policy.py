@@ -101,14 +101,7 @@ def _build_text_sft(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
     )
     if built.num_examples.get("train", 0) == 0:
         raise UserError(f"{d.train_file}: no demonstrations")
-    options = data.BatchOptions(
-        config.batch_size,
-        d.max_prompt_len,
-        d.max_response_len,
-        seed=config.seed,
-        append_eos=True,
-        chat_template=d.chat_template,
-    )
+    options = initial.text_batch_options(config)
     graphdef, params = nnx.split(model)
     tx = initial.optimizer(config)
     eval_source = built.source("validation" if d.eval_file else "train")
@@ -149,15 +142,12 @@ def _text_evaluator(config, graphdef, cfg, tokenizer, prompts: PromptSource, eva
     sampler = PolicySampler(graphdef, cfg, settings)
     eval_batches = None
     if eval_source is not None:
-        options = data.BatchOptions(
-            config.data.eval_batch_size,
-            config.data.max_prompt_len,
-            config.data.max_response_len,
+        options = initial.text_batch_options(
+            config,
+            batch_size=config.data.eval_batch_size,
             num_epochs=1,
             shuffle=False,
             drop_remainder=False,
-            append_eos=True,
-            chat_template=config.data.chat_template,
         )
         eval_batches = list(data.sft_batches(eval_source, options, tokenizer=tokenizer))
 
