@@ -344,29 +344,25 @@ def build_pairs(
     )
 
 
-def build_prompts(
-    files: Files,
-    data_dir: str,
-    *,
-    name: str = "default",
-    on_error: readers.OnError = "raise",
-    overwrite: bool = False,
-) -> BuiltDataset:
-    """Builds (or reuses) a prompt-only dataset; arguments as in `build_pairs`."""
-    return _build_from_files(Prompts, files, data_dir, name, overwrite, on_error=on_error)
+def _text_builder(cls, what: str):
+    def build(
+        files: Files,
+        data_dir: str,
+        *,
+        name: str = "default",
+        on_error: readers.OnError = "raise",
+        overwrite: bool = False,
+    ) -> BuiltDataset:
+        return _build_from_files(cls, files, data_dir, name, overwrite, on_error=on_error)
+
+    build.__doc__ = f"Builds (or reuses) {what}; arguments as in `build_pairs`."
+    return build
 
 
-def build_demonstrations(
-    files: Files,
-    data_dir: str,
-    *,
-    name: str = "default",
-    on_error: readers.OnError = "raise",
-    overwrite: bool = False,
-) -> BuiltDataset:
-    """Builds (or reuses) an SFT demonstrations dataset (`prompt`, `response`); arguments as in
-    `build_pairs`."""
-    return _build_from_files(Demonstrations, files, data_dir, name, overwrite, on_error=on_error)
+build_prompts = _text_builder(Prompts, "a prompt-only dataset (`prompt`)")
+build_demonstrations = _text_builder(
+    Demonstrations, "an SFT demonstrations dataset (`prompt`, `response`)"
+)
 
 
 def build_records(
