@@ -80,7 +80,7 @@ def _digest(obj) -> str:
 def synthetic_source(task: SyntheticTask, data_dir: str, eval_copies: int = 16) -> PromptSource:
     """Every prompt of the synthetic task, repeated so an epoch holds several batches (each
     batch is then a uniform shuffle over the prompts); ``eval_copies`` of each for evaluation."""
-    from nlhf_jax.data.builders import build_records
+    from nlhf_jax.data import build_records
 
     prompts = task.prompts()
 

@@ -8,16 +8,15 @@ state = batches.get_state()                                   # JSON; set_state 
 from nlhf_jax.data.builders import (
     BuiltDataset,
     Demonstrations,
-    GeneratedRecords,
     PreferencePairs,
     Prompts,
     build_demonstrations,
     build_pairs,
     build_prompts,
-    build_records,
     load_dataset,
     load_source,
 )
+from nlhf_jax.data.generated import GeneratedRecords, build_records
 from nlhf_jax.data.pipeline import (
     BatchIterator,
     BatchOptions,
