@@ -18,6 +18,7 @@ import dataclasses
 import json
 import os
 import shutil
+import time
 from typing import Any
 
 import jax
@@ -79,10 +80,50 @@ class Checkpoints:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True
         )
-        self.manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), options=options)
+        self.directory = os.path.join(workdir, "checkpoints")
+        self._aside = os.path.join(workdir, "unrestorable")
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
+
+    def restore_latest(self, like_state: Any, log=print) -> tuple[int, Any, dict] | None:
+        """The newest checkpoint that restores completely: ``(step, state, data)``, or None if
+        there is no checkpoint at all.
+
+        A checkpoint that fails to restore (a truncated or missing file, garbage metadata) is
+        named with the reason in one line each; once an older one restores, the newer broken
+        ones are moved to ``WORKDIR/unrestorable/`` (kept for inspection, out of orbax's way, so
+        the resumed run can save those steps again). If none restores, nothing is moved and
+        the run stops naming the steps tried: it never silently starts over.
+        """
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        failed = []
+        for step in steps:
+            try:
+                state, data = self.restore(step, like_state)
+            except Exception as e:  # orbax and tensorstore raise many types
+                reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else repr(e)
+                log(f"checkpoint {step} in {self.directory} does not restore: {reason}")
+                failed.append(step)
+                continue
+            for bad in failed:
+                self._set_aside(bad)
+            if failed:
+                self.manager.reload()
+                log(f"resuming from checkpoint {step}; set aside {failed} in {self._aside}")
+            return step, state, data
+        if failed:
+            raise UserError(
+                f"no checkpoint in {self.directory} restores (tried steps {failed}); not starting "
+                "over: move the checkpoints directory away to start a fresh run"
+            )
+        return None
+
+    def _set_aside(self, step: int) -> None:
+        os.makedirs(self._aside, exist_ok=True)
+        target = os.path.join(self._aside, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+        shutil.move(os.path.join(self.directory, str(step)), target)
 
     def save(self, step: int, state: Any, data_state: dict) -> None:
         args = ocp.args.Composite(

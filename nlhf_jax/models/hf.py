@@ -223,7 +223,11 @@ def load_pretrained(
         whose shape differs from what config.json implies (named, with both shapes).
     """
     _read_config_json(path)
-    hf_config = transformers.AutoConfig.from_pretrained(path)
+    # Weights only from safetensors (a pickle-based .bin/.pt beside them is never read) and no
+    # code from the directory (trust_remote_code off).
+    hf_config = transformers.AutoConfig.from_pretrained(
+        path, local_files_only=True, trust_remote_code=False
+    )
     config = config_from_hf(hf_config, dtype=dtype, param_dtype=param_dtype)
     reader = _TensorReader(path)
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))))

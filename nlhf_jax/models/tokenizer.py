@@ -85,7 +85,11 @@ def load_tokenizer(path: str, vocab_size: int | None = None) -> PreTrainedTokeni
     """
     if not os.path.isdir(path):
         raise MissingInput(f"tokenizer directory not found: {path}")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+    # Never code from disk: a tokenizer_config.json that names custom classes (auto_map) is
+    # not imported; the fast tokenizer's JSON is data.
+    tokenizer = transformers.AutoTokenizer.from_pretrained(
+        path, local_files_only=True, trust_remote_code=False
+    )
     if vocab_size is not None and len(tokenizer) > vocab_size:
         raise UserError(
             f"tokenizer at {path} has {len(tokenizer)} tokens (ids up to {len(tokenizer) - 1}), "

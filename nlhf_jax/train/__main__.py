@@ -18,6 +18,7 @@ from ml_collections import config_flags
 
 from nlhf_jax.errors import exit_on_user_error
 from nlhf_jax.train import demo, loop, methods
+from nlhf_jax.train.guard import DivergenceGuard
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string(
@@ -55,6 +56,7 @@ def _train() -> None:
         eval_every=config.eval_every,
         log_every=config.log_every,
         max_to_keep=config.max_to_keep,
+        guard=DivergenceGuard(**config.guard),
     )
 
 

@@ -46,6 +46,9 @@ def base_config(method: str) -> ml_collections.ConfigDict:
     # hf_checkpoint: a local Hugging Face directory (config.json + safetensors; Llama or Qwen2):
     # the SFT policy starts from it, preference/reward models take its backbone (fresh head).
     # Its architecture replaces the preset's; its tokenizer is used unless data.tokenizer is set.
+    # The divergence guard (nlhf_jax/train/guard.py): stop on a non-finite metric, a sampled
+    # KL(pi || mu) above max_kl, or an exact invalid mass above max_invalid_mass (0: off).
+    c.guard = ml_collections.ConfigDict(dict(finite=True, max_kl=10.0, max_invalid_mass=0.5))
     c.model = ml_collections.ConfigDict(
         dict(
             hf_checkpoint="",

@@ -22,6 +22,7 @@ from nlhf_jax.checkpoint import latest_step
 from nlhf_jax.errors import UserError
 from nlhf_jax.train import loop, methods
 from nlhf_jax.train.defaults import base_config
+from nlhf_jax.train.guard import DivergenceGuard
 
 # name -> (method, overrides): the policies compared (NLHF Table 1's MD, SP, BR and RLHF, and
 # the rest of the family).
@@ -58,7 +59,7 @@ def demo_config() -> ml_collections.ConfigDict:
 
 def _stage_config(config, method: str, num_steps: int, **overrides):
     c = base_config(method)
-    for key in ("seed", "batch_size", "log_every", "tau", "task", "model", "mesh"):
+    for key in ("seed", "batch_size", "log_every", "tau", "task", "model", "mesh", "guard"):
         c[key] = config[key]
     c.data.data_dir = config.data.data_dir
     c.num_steps = num_steps
@@ -87,6 +88,7 @@ def _run_stage(name: str, config, workdir: str, quiet: bool) -> None:
         eval_every=config.eval_every,
         log_every=config.log_every,
         quiet=quiet,
+        guard=DivergenceGuard(**config.guard),
     )
     print(f"== {name}: {time.time() - t0:.0f} s", flush=True)
 

@@ -22,6 +22,8 @@ import numpy as np
 from tensorboardX import SummaryWriter
 
 from nlhf_jax.checkpoint import Checkpoints, save_tokenizer
+from nlhf_jax.train.guard import DEFAULT_GUARD, DivergenceGuard
+from nlhf_jax.workdir_lock import WorkdirLock
 
 
 class DataIterator(Protocol):
@@ -122,6 +124,13 @@ class MetricsWriter:
             board.close()
 
 
+def _read_rows(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def _to_float(v):
     a = np.asarray(v)
     return float(a) if a.size == 1 else a.tolist()
@@ -163,12 +172,31 @@ def run(
     async_checkpoints: bool = True,
     stop_after: int | None = None,
     quiet: bool = False,
+    guard: DivergenceGuard | None = DEFAULT_GUARD,
 ) -> Any:
     """Trains to ``num_steps`` (resuming from ``workdir``); returns the final state.
 
-    ``stop_after`` stops (and checkpoints) once that many steps ran in this call: what a
-    preemption does, used by the resume tests.
+    The workdir is locked for this process (``WorkdirLock``) before anything is written. The
+    newest checkpoint that restores is resumed (``Checkpoints.restore_latest``). ``guard`` checks
+    every step's metrics and every evaluation before the state can be checkpointed, so a
+    diverged state never becomes the latest checkpoint. ``stop_after`` stops (and checkpoints)
+    once that many steps ran in this call: what a preemption does, used by the resume tests.
     """
+    lock = WorkdirLock(workdir) if jax.process_index() == 0 else None
+    try:
+        return _run_locked(
+            trainer, workdir, num_steps, checkpoint_every, eval_every, log_every, max_to_keep,
+            async_checkpoints, stop_after, quiet, guard,
+        )  # fmt: skip
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_locked(
+    trainer, workdir, num_steps, checkpoint_every, eval_every, log_every, max_to_keep,
+    async_checkpoints, stop_after, quiet, guard,
+):  # fmt: skip
     ckpt = Checkpoints(
         workdir, trainer.identity, max_to_keep=max_to_keep, async_save=async_checkpoints
     )
@@ -176,19 +204,42 @@ def run(
         save_tokenizer(trainer.tokenizer, workdir)
     writer = MetricsWriter(workdir, quiet=quiet)
     state = trainer.init_state()
-    start = ckpt.latest_step() or 0
-    if start:
-        state, data_state = ckpt.restore(start, state)
+    say = (lambda line: None) if quiet else (lambda line: print(line, flush=True))
+    try:
+        restored = ckpt.restore_latest(state, log=lambda line: print(line, flush=True))
+    except BaseException:
+        ckpt.close()
+        writer.close()
+        raise
+    start = 0
+    if restored is not None:
+        start, state, data_state = restored
         trainer.data.set_state(data_state)
-        if not quiet:
-            print(f"resumed from {workdir} at step {start}", flush=True)
+        say(f"resumed from {workdir} at step {start}")
     stop = {"signal": False}
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(signal=True))
-    if trainer.evaluate and eval_every and start == 0:
-        writer.write_eval(0, trainer.evaluate(state))  # where the training curves start
+
+    # The starting policy's evaluation, the guard's baseline: logged at step 0 (a resumed run
+    # reads it back from metrics.jsonl).
+    start_metrics = next(
+        (r for r in _read_rows(writer.path) if r.get("kind") == "eval" and r.get("step") == 0), {}
+    )
+
+    def evaluate(step: int) -> None:
+        metrics = trainer.evaluate(state)
+        writer.write_eval(step, metrics)
+        if step == 0:
+            start_metrics.update(metrics)
+        elif guard is not None:
+            guard.check(step, "eval", metrics, baseline=start_metrics)
+
     progress = None if quiet else _Progress(start, num_steps)
     step, ran = start, 0
     try:
+        if trainer.evaluate and eval_every and start == 0:
+            evaluate(0)  # where the training curves start
+        if trainer.evaluate and start >= num_steps:
+            evaluate(start)  # a finished run: its evaluation again
         while step < num_steps:
             state, metrics = trainer.step(state, next(trainer.data))
             # Blocking each step keeps CPU collectives from deadlocking (ENVIRONMENT.md) and
@@ -199,8 +250,11 @@ def run(
             step, ran = step + 1, ran + 1
             if step % log_every == 0 or step == num_steps:
                 writer.write(step, "train", metrics)
-            if trainer.evaluate and eval_every and step % eval_every == 0 and step < num_steps:
-                writer.write_eval(step, trainer.evaluate(state))
+            if guard is not None:
+                guard.check(step, "train", {k: _to_float(v) for k, v in metrics.items()})
+            # Evaluated before the save: a state the guard rejects is never checkpointed.
+            if trainer.evaluate and ((eval_every and step % eval_every == 0) or step == num_steps):
+                evaluate(step)
             interrupted = stop["signal"] or (stop_after is not None and ran >= stop_after)
             if step % checkpoint_every == 0 or step == num_steps or interrupted:
                 ckpt.save(step, state, trainer.data.get_state())
@@ -208,8 +262,6 @@ def run(
                 progress.update(step)
             if interrupted:
                 break
-        if step == num_steps and trainer.evaluate:
-            writer.write_eval(step, trainer.evaluate(state))
     finally:
         if progress:
             progress.close()

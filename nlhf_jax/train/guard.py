@@ -1,0 +1,72 @@
+"""A divergence guard: host-side checks of each logged step's and each evaluation's metrics.
+
+A run that blows up should stop at the step it did, naming the metric, before that state is
+checkpointed (the loop checks before it saves), instead of finishing and checkpointing a
+collapsed policy without a word. Three checks, each off when its limit is 0:
+
+- every metric finite (loss, gradient norm, KL, ...): a NaN or an infinity anywhere;
+- ``objective/kl`` (the sampled KL(pi || mu) of the online methods, nats per response) at most
+  ``max_kl``;
+- ``exact/invalid_mass`` (the policy's mass on malformed responses, at evaluations on the
+  synthetic task) at most ``max_invalid_mass``.
+
+The invalid-mass limit is checked against a known start: a run whose starting policy (its
+step-0 evaluation) was already past it (an SFT run from a random init) is held to where it
+started, and a run with no step-0 evaluation is not checked for it. The defaults sit far above every
+figure of the demo and far below a collapsed policy's (README, "Checkpoints and resume").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from nlhf_jax.errors import UserError
+
+
+class Diverged(UserError):
+    """The run tripped the guard; the message names the step, the metric and its value."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DivergenceGuard:
+    """Limits of the checks (0 turns a limit off).
+
+    Attributes:
+      finite: stop on a non-finite metric.
+      max_kl: largest ``objective/kl`` allowed.
+      max_invalid_mass: largest ``exact/invalid_mass`` allowed.
+    """
+
+    finite: bool = True
+    max_kl: float = 10.0
+    max_invalid_mass: float = 0.5
+
+    def check(self, step: int, kind: str, metrics: dict, baseline: dict | None = None) -> None:
+        """Raises ``Diverged`` naming the step and the metric, or returns. ``baseline``: the
+        starting policy's metrics (a limit below its value is raised to it)."""
+        baseline = baseline or {}
+        where = f"step {step} ({kind})"
+        if self.finite:
+            for key, value in metrics.items():
+                if isinstance(value, (int, float)) and not math.isfinite(value):
+                    raise Diverged(f"the run diverged at {where}: {key} = {value}")
+        limits = {"objective/kl": self.max_kl, "exact/invalid_mass": self.max_invalid_mass}
+        for key, limit in limits.items():
+            value = metrics.get(key)
+            if key == "exact/invalid_mass":  # relative to the start (module docstring)
+                if baseline.get(key) is None:
+                    continue
+                limit = limit and max(limit, float(baseline[key]))
+            if limit and value is not None and float(value) > limit:
+                raise Diverged(
+                    f"the run diverged at {where}: {key} = {float(value):.4g} > {limit} (the "
+                    f"limit config.guard.{_config_key[key]}); the last good checkpoint is kept "
+                    "as the latest: lower the learning rate or raise the limit"
+                )
+
+
+_config_key = {"objective/kl": "max_kl", "exact/invalid_mass": "max_invalid_mass"}
+
+
+DEFAULT_GUARD = DivergenceGuard()
