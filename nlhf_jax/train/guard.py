@@ -8,12 +8,15 @@ collapsed policy without a word. Three checks, each off when its limit is 0:
 - ``objective/kl`` (the sampled KL(pi || mu) of the online methods, nats per response) at most
   ``max_kl``;
 - ``exact/invalid_mass`` (the policy's mass on malformed responses, at evaluations on the
-  synthetic task) at most ``max_invalid_mass``.
+  synthetic task): the run stops when its mass on well-formed responses has fallen below
+  ``1 - max_invalid_mass`` times the starting policy's, i.e. when the invalid mass passes
+  ``start + max_invalid_mass * (1 - start)`` (``max_invalid_mass`` itself for a clean start).
 
-The invalid-mass limit is checked against a known start: a run whose starting policy (its
-step-0 evaluation) was already past it (an SFT run from a random init) is held to where it
-started, and a run with no step-0 evaluation is not checked for it. The defaults sit far above every
-figure of the demo and far below a collapsed policy's (README, "Checkpoints and resume").
+The invalid-mass check needs the start (the step-0 evaluation, read back from metrics.jsonl on
+a resume): a run without one is not checked for it. Relative to the start, a policy that began
+with much invalid mass (a short SFT run) is not stopped for a small rise. The defaults sit far
+above every figure of the demo and far below a collapsed policy's (README, "Checkpoints and
+resume").
 """
 
 from __future__ import annotations
@@ -57,10 +60,11 @@ class DivergenceGuard:
             if key == "exact/invalid_mass":  # relative to the start (module docstring)
                 if baseline.get(key) is None:
                     continue
-                limit = limit and max(limit, float(baseline[key]))
+                start = float(baseline[key])
+                limit = limit and start + limit * (1.0 - start)
             if limit and value is not None and float(value) > limit:
                 raise Diverged(
-                    f"the run diverged at {where}: {key} = {float(value):.4g} > {limit} (the "
+                    f"the run diverged at {where}: {key} = {float(value):.4g} > {limit:.4g} (the "
                     f"limit config.guard.{_config_key[key]}); the last good checkpoint is kept "
                     "as the latest: lower the learning rate or raise the limit"
                 )

@@ -1,9 +1,11 @@
 """The host loop: the only place with I/O. Data, checkpoints, metrics, progress, signals.
 
-``run(trainer, workdir, ...)`` drives any method through the same loop: it resumes from the
-latest checkpoint in ``workdir`` (state, data iterator and RNG, so the resumed run equals an
-uninterrupted one), saves every ``checkpoint_every`` steps, on SIGTERM and at the end, writes
-metrics to stdout and ``metrics.jsonl``, evaluates every ``eval_every`` steps and shows progress.
+``run(trainer, workdir, ...)`` drives any method through the same loop: it locks the workdir
+(one writer), resumes from the newest checkpoint in ``workdir`` that restores (state, data
+iterator and RNG, so the resumed run equals an uninterrupted one), saves every
+``checkpoint_every`` steps, on SIGTERM and at the end, writes metrics to stdout and
+``metrics.jsonl``, evaluates every ``eval_every`` steps, checks every step and evaluation with
+the divergence guard before anything is saved, and shows progress.
 """
 
 from __future__ import annotations

@@ -130,9 +130,12 @@ def test_guard_names_the_step_and_the_metric():
         guard.check(
             20, "eval", {"exact/invalid_mass": 0.991}, baseline={"exact/invalid_mass": 0.02}
         )
-    # A run that starts past a limit is held to where it started (an SFT run from random init);
-    # without a known start, the invalid mass is not checked.
-    guard.check(20, "eval", {"exact/invalid_mass": 0.8}, baseline={"exact/invalid_mass": 0.99})
+    # Relative to the start: well-formed mass may fall to (1 - 0.5) of the start's. From 0.6
+    # invalid (a short SFT run), 0.79 is allowed and 0.81 is not; without a start, no check.
+    start = {"exact/invalid_mass": 0.6}
+    guard.check(20, "eval", {"exact/invalid_mass": 0.79}, baseline=start)
+    with pytest.raises(Diverged, match=r"exact/invalid_mass = 0.81 > 0.8 "):
+        guard.check(20, "eval", {"exact/invalid_mass": 0.81}, baseline=start)
     guard.check(20, "eval", {"exact/invalid_mass": 0.8})
     DivergenceGuard(max_kl=0).check(1, "train", {"objective/kl": 1e6})  # 0: off
 
