@@ -196,7 +196,9 @@ def load_params(workdir: str, like_params: Any, step: int | None = None) -> Any:
     if step is None:
         raise MissingInput(f"no checkpoint in {directory}: the run {workdir} has not saved yet")
     if step not in saved:
-        raise MissingInput(f"{workdir} has no checkpoint of step {step}; it has {sorted(saved)}")
+        raise MissingInput(
+            f"{workdir} has no checkpoint of step {step}; it has steps {sorted(saved)}"
+        )
     raw = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     pure = _unwrap(raw["state"]["params"])
     want = {

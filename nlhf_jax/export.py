@@ -21,7 +21,7 @@ from absl import logging
 from flax import nnx
 
 from nlhf_jax import checkpoint
-from nlhf_jax.errors import MissingInput, UserError, exit_on_user_error
+from nlhf_jax.errors import UserError, exit_on_user_error
 from nlhf_jax.models import Transformer, hf
 
 DTYPES = ("float32", "bfloat16")
@@ -35,19 +35,6 @@ def _check_out_dir(run_dir: str, out_dir: str, overwrite: bool) -> None:
         raise UserError(f"--out {out_dir} exists and is not a directory")
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
         raise UserError(f"{out_dir} exists and is not empty; pass --overwrite to replace it")
-
-
-def _check_run(run_dir: str, step: int | None) -> None:
-    # load_policy's own messages point at evaluate's --judge, and orbax raises a bare
-    # FileNotFoundError with a traceback for a step that was never saved.
-    method = checkpoint.read_identity(run_dir).get("method")
-    if method in checkpoint.JUDGE_METHODS:
-        raise UserError(f"{run_dir} is a {method!r} run, not a policy run; only policies export")
-    directory = os.path.join(run_dir, "checkpoints")
-    names = os.listdir(directory) if os.path.isdir(directory) else []
-    steps = sorted(int(n) for n in names if n.isdigit())
-    if step is not None and step not in steps:
-        raise MissingInput(f"{run_dir} has no checkpoint of step {step}; it has steps {steps}")
 
 
 def export_run(
@@ -78,7 +65,6 @@ def export_run(
         raise UserError(f"--dtype must be one of {DTYPES}, got {dtype!r}")
     run_dir, out_dir = os.path.abspath(run_dir), os.path.abspath(out_dir)
     _check_out_dir(run_dir, out_dir, overwrite)
-    _check_run(run_dir, step)
     run = checkpoint.load_policy(run_dir, os.path.basename(run_dir), step)
     step = checkpoint.latest_step(run_dir) if step is None else step
     # The HF config records param_dtype as the checkpoint's dtype, so the config must change

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
-import json
 import os
 from collections.abc import Callable
 
@@ -73,10 +72,6 @@ class PromptSource:
         ]
 
 
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
-
-
 def synthetic_source(task: SyntheticTask, data_dir: str, eval_copies: int = 16) -> PromptSource:
     """Every prompt of the synthetic task, repeated so an epoch holds several batches (each
     batch is then a uniform shuffle over the prompts); ``eval_copies`` of each for evaluation."""
@@ -128,6 +123,20 @@ def read_prompt_texts(
         why = f" ({skipped.count} malformed rows skipped)" if skipped.count else ""
         raise UserError(f"{path}: no prompts{why}; the file needs rows with a 'prompt' field")
     return records
+
+
+def encode_prompt_file(
+    path: str, tokenizer, *, max_prompt_len: int = 256, chat_template: bool = False
+) -> tuple[list[dict], np.ndarray, np.ndarray, int]:
+    """A prompts file as a run would see it: its records, left-padded ``prompt [n, P]`` and
+    ``prompt_mask``, and how many prompts lost their beginning (what sampling and evaluation of
+    a trained run read; ``chat_template`` is the run's setting)."""
+    records = read_prompt_texts(path)
+    options = data.BatchOptions(
+        1, max_prompt_len, chat_template=chat_template, pad_id=tokenizer.pad_token_id
+    )
+    tokens, mask, truncated = data.encode_prompts(records, options, tokenizer=tokenizer)
+    return records, tokens, mask, truncated
 
 
 def _tfds_prompt_source(spec: str, data_dir: str):
@@ -190,7 +199,7 @@ def text_source(
 
         def records():  # built when training asks for batches (SFT only reads the first rows)
             files = {"train": prompts_file}
-            name = _digest(data.builders.input_fingerprint({"train": [prompts_file]}))
+            name = data.files_dataset_name(files)
             built = data.build_prompts(files, data_dir, name=name, on_error=on_error)
             return built.source("train")
     else:

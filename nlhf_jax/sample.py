@@ -21,11 +21,10 @@ import time
 import jax
 import numpy as np
 
-from nlhf_jax import data
 from nlhf_jax.checkpoint import load_policy, run_tokenizer
 from nlhf_jax.errors import UserError, exit_on_user_error
 from nlhf_jax.evaluate.sampled import sample_policy
-from nlhf_jax.prompts import read_prompt_texts, synthetic_source
+from nlhf_jax.prompts import encode_prompt_file, synthetic_source
 from nlhf_jax.sampling import SamplingConfig
 from nlhf_jax.tasks.synthetic import SyntheticTask
 
@@ -51,14 +50,12 @@ def sample_run(
     if tokenizer is not None:
         if not prompts_file:
             raise UserError("--prompts is required for a text run")
-        records = read_prompt_texts(prompts_file)
-        options = data.BatchOptions(
-            1,
-            max_prompt_len,
+        records, prompts, mask, _ = encode_prompt_file(
+            prompts_file,
+            tokenizer,
+            max_prompt_len=max_prompt_len,
             chat_template=bool(policy.identity.get("chat_template", False)),
-            pad_id=tokenizer.pad_token_id,
         )
-        prompts, mask, _ = data.encode_prompts(records, options, tokenizer=tokenizer)
         texts = [r["prompt"] for r in records]
         eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
         decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)

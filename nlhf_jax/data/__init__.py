@@ -13,6 +13,7 @@ from nlhf_jax.data.builders import (
     build_demonstrations,
     build_pairs,
     build_prompts,
+    files_dataset_name,
     load_dataset,
     load_source,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "build_records",
     "detect_layout",
     "encode_prompts",
+    "files_dataset_name",
     "load_dataset",
     "load_source",
     "preference_batches",

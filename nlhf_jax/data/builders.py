@@ -15,6 +15,7 @@ that a later run would load (tested in tests/data/test_builders.py).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -94,6 +95,13 @@ def input_fingerprint(files: dict[str, list[str]]) -> dict[str, list[list[Any]]]
         split: [[os.path.abspath(p), os.path.getsize(p), os.path.getmtime(p)] for p in paths]
         for split, paths in files.items()
     }
+
+
+def files_dataset_name(files: dict[str, str]) -> str:
+    """A dataset name from input files' paths, sizes and mtimes (``{split: path}``): an edited
+    file gets a new dataset, an unchanged one reuses the one built before."""
+    fingerprint = json.dumps(input_fingerprint({k: [v] for k, v in files.items()}), sort_keys=True)
+    return hashlib.sha256(fingerprint.encode()).hexdigest()[:12]
 
 
 class _FileRowsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):

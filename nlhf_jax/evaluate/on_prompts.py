@@ -21,13 +21,12 @@ import os
 import jax
 import numpy as np
 
-from nlhf_jax import data
 from nlhf_jax.checkpoint import load_policy, policy_identity, run_tokenizer
 from nlhf_jax.errors import UserError
 from nlhf_jax.evaluate import report
 from nlhf_jax.evaluate.sampled import sample_policy, sampled_kl, sampled_win_rates
 from nlhf_jax.judges import load_judge
-from nlhf_jax.prompts import read_prompt_texts
+from nlhf_jax.prompts import encode_prompt_file
 from nlhf_jax.sampling import SamplingConfig
 
 
@@ -93,12 +92,12 @@ def evaluate_on_prompts(
     if len(vocab) > 1:
         raise UserError(f"the runs have different vocabularies: {sorted(vocab)}")
     judge_fns = load_judges(judges, tokenizer, vocab.pop())
-    chat_template = bool(policies[0].identity.get("chat_template", False))
-    options = data.BatchOptions(
-        1, max_prompt_len, chat_template=chat_template, pad_id=tokenizer.pad_token_id
+    records, prompts, prompt_mask, truncated = encode_prompt_file(
+        prompts_file,
+        tokenizer,
+        max_prompt_len=max_prompt_len,
+        chat_template=bool(policies[0].identity.get("chat_template", False)),
     )
-    records = read_prompt_texts(prompts_file)
-    prompts, prompt_mask, truncated = data.encode_prompts(records, options, tokenizer=tokenizer)
     settings = SamplingConfig(
         max_new_tokens=max_new_tokens,
         eos_id=tokenizer.eos_token_id,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 from collections.abc import Callable
 
@@ -42,10 +41,6 @@ class PairSource:
 
 def task_from_config(config: ml_collections.ConfigDict) -> SyntheticTask:
     return SyntheticTask(**config.task.to_dict())
-
-
-def _fingerprint(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def synthetic_records(
@@ -106,12 +101,6 @@ def synthetic_eval_sets(task: SyntheticTask, num: int, seed: int, batch_size: in
     }
 
 
-def file_dataset_name(files: dict[str, str]) -> str:
-    """A dataset name from the input files' paths, sizes and mtimes: an edited file gets a new
-    dataset, an unchanged one reuses the one built before."""
-    return _fingerprint(data.builders.input_fingerprint({k: [v] for k, v in files.items()}))
-
-
 def pairs(
     config: ml_collections.ConfigDict, workdir: str, vocab_size: int | None = None
 ) -> PairSource:
@@ -165,7 +154,7 @@ def pairs(
         built = data.build_pairs(
             files,
             data_dir,
-            name=file_dataset_name(files),
+            name=data.files_dataset_name(files),
             layout=d.layout or None,
             on_error=d.on_error,
         )

@@ -24,6 +24,7 @@ import numpy as np
 from tensorboardX import SummaryWriter
 
 from nlhf_jax.checkpoint import Checkpoints, save_tokenizer
+from nlhf_jax.evaluate.report import read_metrics
 from nlhf_jax.train.guard import DEFAULT_GUARD, DivergenceGuard
 from nlhf_jax.workdir_lock import WorkdirLock
 
@@ -126,13 +127,6 @@ class MetricsWriter:
             board.close()
 
 
-def _read_rows(path: str) -> list[dict]:
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def _to_float(v):
     a = np.asarray(v)
     return float(a) if a.size == 1 else a.tolist()
@@ -224,7 +218,7 @@ def _run_locked(
     # The starting policy's evaluation, the guard's baseline: logged at step 0 (a resumed run
     # reads it back from metrics.jsonl).
     start_metrics = next(
-        (r for r in _read_rows(writer.path) if r.get("kind") == "eval" and r.get("step") == 0), {}
+        (r for r in read_metrics(workdir) if r.get("kind") == "eval" and r.get("step") == 0), {}
     )
 
     def evaluate(step: int) -> None:

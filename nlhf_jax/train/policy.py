@@ -25,7 +25,7 @@ from nlhf_jax.models import Transformer
 from nlhf_jax.prompts import PromptSource, text_source
 from nlhf_jax.sampling import PolicySampler, SamplingConfig, score_tokens
 from nlhf_jax.train import initial
-from nlhf_jax.train.data_sources import file_dataset_name, synthetic_records, task_from_config
+from nlhf_jax.train.data_sources import synthetic_records, task_from_config
 from nlhf_jax.train.loop import Trainer
 from nlhf_jax.train.state import init_train_state, make_step
 
@@ -97,7 +97,7 @@ def _build_text_sft(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
     data_dir = d.data_dir or os.path.join(workdir, "data")
     files = {"train": d.train_file, **({"validation": d.eval_file} if d.eval_file else {})}
     built = data.build_demonstrations(
-        files, data_dir, name=file_dataset_name(files), on_error=d.on_error
+        files, data_dir, name=data.files_dataset_name(files), on_error=d.on_error
     )
     if built.num_examples.get("train", 0) == 0:
         raise UserError(f"{d.train_file}: no demonstrations")
