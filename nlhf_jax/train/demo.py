@@ -95,6 +95,11 @@ def _run_stage(name: str, config, workdir: str, quiet: bool) -> None:
 
 def run(config: ml_collections.ConfigDict, workdir: str, quiet: bool = False) -> dict:
     """Runs every stage into ``workdir`` and returns the evaluation (also in results.json)."""
+    return run_pipeline(config, workdir, quiet)
+
+
+def run_pipeline(config: ml_collections.ConfigDict, workdir: str, quiet: bool = False) -> dict:
+    """One seed (``config.seed``) of the whole pipeline into ``workdir``; its evaluation."""
     from nlhf_jax import evaluate
 
     d = config.demo
