@@ -29,6 +29,7 @@ setup(
         "scipy>=1.11",
         "matplotlib>=3.8",
         "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
+        "tqdm>=4.66",  # the training progress line (tfds depends on it too)
     ],
     extras_require={
         "test": [

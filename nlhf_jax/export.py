@@ -17,10 +17,10 @@ import time
 
 import jax
 import transformers
-from absl import logging
 from flax import nnx
 
 from nlhf_jax import checkpoint
+from nlhf_jax.console import quiet_libraries
 from nlhf_jax.errors import UserError, exit_on_user_error
 from nlhf_jax.models import Transformer, hf
 
@@ -115,8 +115,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="stored weight dtype")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    parser.add_argument("--verbose", action="store_true", help="show the libraries' logs")
     args = parser.parse_args(argv)
-    logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
+    quiet_libraries(args.verbose)
     print(
         export_run(args.run, args.out, step=args.step, dtype=args.dtype, overwrite=args.overwrite)
     )

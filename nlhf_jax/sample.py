@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from nlhf_jax.checkpoint import load_policy, run_tokenizer
+from nlhf_jax.console import quiet_libraries
 from nlhf_jax.errors import UserError, exit_on_user_error
 from nlhf_jax.evaluate.sampled import sample_policy
 from nlhf_jax.prompts import encode_prompt_file, synthetic_source
@@ -124,7 +125,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-prompt-len", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--show", type=int, default=3, help="responses printed to the console")
+    parser.add_argument("--verbose", action="store_true", help="show the libraries' logs")
     args = parser.parse_args(argv)
+    quiet_libraries(args.verbose)
 
     def run() -> None:
         t0 = time.time()

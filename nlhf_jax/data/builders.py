@@ -104,7 +104,19 @@ def files_dataset_name(files: dict[str, str]) -> str:
     return hashlib.sha256(fingerprint.encode()).hexdigest()[:12]
 
 
-class _FileRowsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class QuietBuild:
+    """tfds prints "Downloading and preparing dataset ..." and "Dataset ... downloaded and
+    prepared ..." to stdout with no switch; our builders log them at INFO instead (shown with
+    ``--verbose``, see `nlhf_jax.console`)."""
+
+    def _log_download_bytes(self) -> None:
+        _log.info("preparing dataset %s in %s", self.name, self.data_dir)
+
+    def _log_download_done(self) -> None:
+        _log.info("dataset %s prepared in %s", self.name, self.data_dir)
+
+
+class _FileRowsBuilder(QuietBuild, tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Shared code of the file builders: per-split files, skip counting, metadata."""
 
     VERSION = VERSION

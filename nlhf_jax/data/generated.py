@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from nlhf_jax.data import readers
-from nlhf_jax.data.builders import VERSION, BuiltDataset, prepare
+from nlhf_jax.data.builders import VERSION, BuiltDataset, QuietBuild, prepare
 
 # Shorthand feature names accepted by `build_records`.
 _FEATURE_SHORTHANDS = {
@@ -23,7 +23,7 @@ _FEATURE_SHORTHANDS = {
 }
 
 
-class GeneratedRecords(tfds.core.GeneratorBasedBuilder):
+class GeneratedRecords(QuietBuild, tfds.core.GeneratorBasedBuilder):
     """Records from Python iterables, with caller-given features (see `build_records`)."""
 
     VERSION = VERSION

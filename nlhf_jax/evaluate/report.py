@@ -97,29 +97,90 @@ def read_metrics(workdir: str) -> list[dict]:
     return sorted(rows.values(), key=lambda r: r.get("step", 0))
 
 
-def plot_training_curves(path: str, runs: dict[str, str], reference_gap: float) -> None:
+# Each family's training loss gets its own panel: a policy-gradient surrogate (near 0), IPO's
+# squared error and INPO's are on different scales, so one shared axis flattens all but one.
+# Keyed by the method a run's run.json records (a "self_play" run is a nash_md run); a method
+# not listed here gets a panel of its own.
+LOSS_FAMILIES = {
+    "nash_md": "policy gradient",
+    "nash_ema": "policy gradient",
+    "nash_mp": "policy gradient",
+    "rlhf": "policy gradient",
+    "online_ipo": "IPO",
+    "ipo_md": "IPO",
+    "inpo": "INPO",
+    "sft": "SFT (negative log-likelihood)",
+}
+
+
+def loss_family(method: str) -> str:
+    """The loss panel of a run whose run.json records ``method``."""
+    return LOSS_FAMILIES.get(method, method)
+
+
+def method_colors(names: list[str]) -> dict[str, tuple[float, ...]]:
+    """One colour per run name, in the order given, from a qualitative colormap (tab10, or
+    tab20 beyond ten runs): the same run has the same colour in every panel."""
+    from matplotlib import colormaps
+
+    colors = colormaps["tab10" if len(names) <= 10 else "tab20"].colors
+    return {name: tuple(colors[i % len(colors)]) for i, name in enumerate(names)}
+
+
+def _run_method(workdir: str, name: str) -> str:
+    """The method a run's run.json records; the run's name where it has none."""
+    path = os.path.join(workdir, "run.json")
+    if not os.path.exists(path):
+        return name
+    with open(path) as f:
+        try:
+            return json.load(f).get("method", name)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path} is not JSON: {e}") from None
+
+
+def _points(rows: list[dict], kind: str, key: str) -> list[tuple[int, float]]:
+    return [(r["step"], r[key]) for r in rows if r.get("kind") == kind and key in r]
+
+
+def plot_training_curves(path: str, runs: dict[str, str], reference_gap: float):
     """Each run's logged ``exact/duality_gap`` (eval rows, at the run's own tau) and training
-    ``loss`` against steps, from its ``metrics.jsonl``."""
+    ``loss`` against steps, from its ``metrics.jsonl``; one loss panel per method family
+    (``LOSS_FAMILIES``) and one colour per run throughout. Returns the figure."""
     # A bare Figure (no pyplot): nothing global changes, so a notebook's inline plots survive.
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(11, 4))
-    gap_ax, loss_ax = fig.subplots(1, 2)
+    colors = method_colors(list(runs))
+    gaps, losses = {}, {}  # name -> points; family -> {name: points}
     for name, workdir in runs.items():
         rows = read_metrics(workdir)
-        for ax, kind, key in ((gap_ax, "eval", "exact/duality_gap"), (loss_ax, "train", "loss")):
-            points = [(r["step"], r[key]) for r in rows if r.get("kind") == kind and key in r]
-            if points:
-                ax.plot(*zip(*points, strict=True), marker=".", label=name)
+        if gap := _points(rows, "eval", "exact/duality_gap"):
+            gaps[name] = gap
+        if loss := _points(rows, "train", "loss"):
+            family = loss_family(_run_method(workdir, name))
+            losses.setdefault(family, {})[name] = loss
+    ncols = min(3, 1 + len(losses))
+    nrows = -(-(1 + len(losses)) // ncols)
+    fig = Figure(figsize=(5.2 * ncols, 3.9 * nrows))
+    axes = list(fig.subplots(nrows, ncols, squeeze=False).ravel())
+    gap_ax = axes[0]
+    for name, points in gaps.items():
+        gap_ax.plot(*zip(*points, strict=True), marker=".", color=colors[name], label=name)
     if reference_gap > 0:  # a log axis
         gap_ax.axhline(reference_gap, color="gray", ls="--", label="reference (mu), this tau")
     gap_ax.set(
         xlabel="step", ylabel="duality gap", title="exact/duality_gap logged by each run (its tau)"
     )
     gap_ax.set_yscale("log")
-    loss_ax.set(xlabel="step", ylabel="loss", title="training loss")
-    for ax in (gap_ax, loss_ax):
+    for ax, (family, curves) in zip(axes[1:], losses.items(), strict=False):
+        for name, points in curves.items():
+            ax.plot(*zip(*points, strict=True), marker=".", color=colors[name], label=name)
+        ax.set(xlabel="step", ylabel="loss", title=f"training loss: {family}")
+    for ax in axes[1 + len(losses) :]:
+        ax.set_axis_off()
+    for ax in axes:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    return fig

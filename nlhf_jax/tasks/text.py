@@ -33,6 +33,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from nlhf_jax.console import quiet_libraries
+
 # Bumped whenever the texts, the judge or the behaviour policy change.
 TASK_VERSION = 1
 TEMPLATES = ("Tell me about {}.", "Write one line about {}.", "Say something about {}.")
@@ -385,7 +387,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, str]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-demos", type=int, default=4000)
     parser.add_argument("--num-pairs", type=int, default=4000)
+    parser.add_argument("--verbose", action="store_true", help="show the libraries' logs")
     args = parser.parse_args(argv)
+    quiet_libraries(args.verbose)
     return write_task_files(
         args.out, seed=args.seed, num_demos=args.num_demos, num_pairs=args.num_pairs
     )

@@ -15,13 +15,13 @@ import json
 import os
 import signal
 import sys
-import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import jax
 import numpy as np
 from tensorboardX import SummaryWriter
+from tqdm import tqdm
 
 from nlhf_jax.checkpoint import Checkpoints, save_tokenizer
 from nlhf_jax.evaluate.report import read_metrics
@@ -93,7 +93,7 @@ class MetricsWriter:
         self._boards[kind].flush()
         if not self.quiet:
             body = "  ".join(f"{k}={_fmt(v)}" for k, v in row.items() if k not in ("step", "kind"))
-            print(f"[{kind} step {step}] {body}", flush=True)
+            _say(f"[{kind} step {step}] {body}")
 
     def write_texts(self, step: int, texts: list[dict], show: int = 2) -> None:
         """Sampled prompt/response texts: every one to ``samples.jsonl`` and TensorBoard, the
@@ -109,9 +109,7 @@ class MetricsWriter:
         self._boards["eval"].add_text("samples", table, step)
         if not self.quiet:
             for row in texts[:show]:
-                print(
-                    f"  [sample step {step}] {row['prompt']!r} -> {row['response']!r}", flush=True
-                )
+                _say(f"  [sample step {step}] {row['prompt']!r} -> {row['response']!r}")
 
     def write_eval(self, step: int, metrics: dict) -> None:
         """Evaluation metrics, and the ``texts`` among them (``write_texts``)."""
@@ -136,24 +134,30 @@ def _fmt(v):
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-class _Progress:
-    """A one-line progress bar on stderr: step, rate and time left."""
+def _progress(workdir: str, start: int, total: int) -> tqdm:
+    """One progress line on stderr: steps done / total, rate and time left.
 
-    def __init__(self, start: int, total: int):
-        self.start, self.total, self.t0 = start, total, time.time()
+    On a terminal it redraws in place; elsewhere (CI, a log file) every redraw is a new line in
+    the log, so it redraws at most once a minute.
+    """
+    tty = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+    return tqdm(
+        total=total,
+        initial=start,
+        desc=os.path.basename(os.path.normpath(workdir)),
+        unit="step",
+        file=sys.stderr,
+        dynamic_ncols=tty,
+        ncols=None if tty else 100,
+        mininterval=0.2 if tty else 60.0,
+        smoothing=0.1,
+    )
 
-    def update(self, step: int) -> None:
-        done = step - self.start
-        rate = done / max(time.time() - self.t0, 1e-9)
-        left = (self.total - step) / rate if rate > 0 else float("inf")
-        width = 30
-        filled = int(width * step / max(self.total, 1))
-        bar = "#" * filled + "." * (width - filled)
-        sys.stderr.write(f"\r[{bar}] {step}/{self.total}  {rate:.2f} step/s  {left:.0f}s left ")
-        sys.stderr.flush()
 
-    def close(self) -> None:
-        sys.stderr.write("\n")
+def _say(line: str) -> None:
+    """A console line that leaves the progress line, if one is shown, whole and below it."""
+    tqdm.write(line, file=sys.stdout)
+    sys.stdout.flush()
 
 
 def run(
@@ -229,7 +233,7 @@ def _run_locked(
         elif guard is not None:
             guard.check(step, "eval", metrics, baseline=start_metrics)
 
-    progress = None if quiet else _Progress(start, num_steps)
+    progress = None if quiet else _progress(workdir, start, num_steps)
     step, ran = start, 0
     try:
         if trainer.evaluate and eval_every and start == 0:
@@ -254,12 +258,12 @@ def _run_locked(
             interrupted = stop["signal"] or (stop_after is not None and ran >= stop_after)
             if step % checkpoint_every == 0 or step == num_steps or interrupted:
                 ckpt.save(step, state, trainer.data.get_state())
-            if progress:
-                progress.update(step)
+            if progress is not None:
+                progress.update(step - progress.n)
             if interrupted:
                 break
     finally:
-        if progress:
+        if progress is not None:
             progress.close()
         signal.signal(signal.SIGTERM, previous)
         ckpt.close()
