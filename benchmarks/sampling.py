@@ -1,6 +1,7 @@
 """Sampling throughput: cached policy sampler vs two-cache mixture vs uncached mixture.
 
     python benchmarks/sampling.py [--preset toy] [--batch 8] [--prompt 32] [--new 32,128,512]
+                                  [--out runs/benchmarks/sampling.json]
 
 Same model, batch and prompts for all three. The uncached mixture recomputes the whole prefix
 of both models at every token, as TRL's Nash-MD mixture wrapper does (it runs generate with the
@@ -9,13 +10,16 @@ prompt + new tokens (masked) at every step; a growing-prefix implementation woul
 (P + N) / (P + N/2) times less work, and the script prints that factor beside the ratio. It
 also checks that the uncached sampler draws the same tokens as the cached one (same key), so
 the comparison is of equal outputs. Compilation is excluded (one warm-up call); each figure is
-the median of --repeats timed calls.
+the median of --repeats timed calls. The figures, the settings and the machine
+(``nlhf_jax.provenance``) also go to ``--out`` as JSON, from which the README's table is rendered.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import json
+import os
 import statistics
 import time
 
@@ -24,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from nlhf_jax import provenance
 from nlhf_jax.models import Transformer, forward_full, get_preset
 from nlhf_jax.sampling import MixtureSampler, PolicySampler, SamplingConfig
 
@@ -68,6 +73,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--beta", type=float, default=0.125)
     parser.add_argument("--skip-uncached-above", type=int, default=10**9)
+    parser.add_argument("--out", default="runs/benchmarks/sampling.json", help="JSON file")
     args = parser.parse_args()
 
     config = get_preset(args.preset)
@@ -84,6 +90,7 @@ def main() -> None:
         f"{'new':>5} {'policy tok/s':>13} {'mixture tok/s':>14} {'uncached tok/s':>15} "
         f"{'mix/policy':>11} {'mix/uncached':>13} {'growing-prefix factor':>22} {'same tokens':>12}"
     )
+    rows = []
     for n in [int(x) for x in args.new.split(",")]:
         settings = SamplingConfig(max_new_tokens=n)
         policy = PolicySampler(graphdef, config, settings)
@@ -94,6 +101,7 @@ def main() -> None:
         )
         tok = args.batch * n
         row = f"{n:>5} {tok / t_pol:>13.0f} {tok / t_mix:>14.0f}"
+        rows.append({"new_tokens": n, "policy_tok_s": tok / t_pol, "mixture_tok_s": tok / t_mix})
         if n <= args.skip_uncached_above:
             unc = functools.partial(
                 uncached_mixture, graphdef, state, ref_state, args.beta, prompt, n, key
@@ -106,9 +114,21 @@ def main() -> None:
                 f" {tok / t_unc:>15.0f} {t_pol / t_mix:>11.2f} {t_unc / t_mix:>13.1f}"
                 f" {factor:>22.2f} {same:>12.3f}"
             )
+            rows[-1].update(
+                uncached_tok_s=tok / t_unc, growing_prefix_factor=factor, same_tokens=same
+            )
         else:
             row += f" {'skipped':>15} {t_pol / t_mix:>11.2f}"
         print(row, flush=True)
+    if args.out:
+        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(
+                {"settings": vars(args), "rows": rows, "environment": provenance.environment()},
+                f,
+                indent=1,
+            )
+        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

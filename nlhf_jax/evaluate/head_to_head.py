@@ -20,6 +20,7 @@ import os
 import jax
 import numpy as np
 
+from nlhf_jax import provenance
 from nlhf_jax.errors import UserError
 from nlhf_jax.evaluate import report
 from nlhf_jax.evaluate.exact import (
@@ -56,6 +57,12 @@ def _tau(policies) -> tuple[float, str]:
     return (recorded.pop(), "runs") if recorded else (DEFAULT_TAU, "default")
 
 
+def _train_seed(policies) -> int | None:
+    """The training seed the runs' run.json record, if they record one and all agree."""
+    seeds = {p.identity.get("seed", p.identity.get("config", {}).get("seed")) for p in policies}
+    return seeds.pop() if len(seeds) == 1 else None
+
+
 def evaluate_runs(
     reference: str,
     runs: dict[str, str],
@@ -88,7 +95,8 @@ def evaluate_runs(
       ``duality_gap``, ``kl_to_reference``, ``kl_nash_to_policy``, ``invalid_mass`` (lists in
       the order of ``methods``), ``win_rate_judge`` (with a judge), ``win_rate_sampled`` and
       ``win_rate_sampled_stderr`` (and ``*_judge_*`` with a judge; with ``sampled``),
-      ``reference_name`` and ``config``.
+      ``reference_name``, ``config`` (``train_seed``: the runs' recorded seed, if one) and,
+      with ``out``, ``environment`` (``provenance.environment``: machine, versions, commit).
     """
     if sampled < 0 or sampled == 1:
         raise UserError(f"sampled={sampled}: 0 (off) or at least 2 responses per prompt")
@@ -146,6 +154,7 @@ def evaluate_runs(
         "runs": named,
         "sampled": sampled,
         "seed": seed,
+        "train_seed": _train_seed(policies),
         "task": dataclasses.asdict(task),
     }
     if not quiet:
@@ -186,6 +195,7 @@ def _print(results: dict) -> None:
 
 def _write(out: str, results: dict, runs: dict[str, str], reference_gap: float) -> None:
     os.makedirs(out, exist_ok=True)
+    results["environment"] = provenance.environment(seed=results["config"]["train_seed"])
     report.write_json(os.path.join(out, "results.json"), results)
     panels = {"true oracle, exact": np.array(results["win_rate"])}
     if "win_rate_judge" in results:

@@ -20,6 +20,8 @@ import time
 
 import numpy as np
 
+from nlhf_jax import provenance
+from nlhf_jax.console import quiet_libraries
 from nlhf_jax.tabular.lab import GAMES, LabConfig, checkpoints, run_lab
 
 
@@ -109,8 +111,10 @@ def main(argv=None) -> int:
         "--out", default="runs/tabular", help="directory for convergence.png and results.json"
     )
     parser.add_argument("--float32", action="store_true", help="run in float32 (default: float64)")
+    parser.add_argument("--verbose", action="store_true", help="show the libraries' logs")
     args = vars(parser.parse_args(argv))
     out_dir, f32 = args.pop("out"), args.pop("float32")
+    quiet_libraries(args.pop("verbose"))
     import jax
 
     jax.config.update("jax_enable_x64", not f32)
@@ -120,6 +124,8 @@ def main(argv=None) -> int:
     print(format_table(res))
     os.makedirs(out_dir, exist_ok=True)
     plot(res, os.path.join(out_dir, "convergence.png"))
+    res["seconds"] = time.time() - start
+    res["environment"] = provenance.environment(seed=cfg.seed)
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(_jsonable(res), f)
     print(

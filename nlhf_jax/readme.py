@@ -1,0 +1,388 @@
+"""The README's result tables, rendered from the committed ``results/`` files, never by hand.
+
+    python -m nlhf_jax.readme [--collect runs] [--check] [--readme README.md] [--results results]
+
+README.md holds each generated table between ``<!-- results:NAME -->`` and
+``<!-- /results:NAME -->``; ``RENDERERS[NAME]`` renders it from ``results/NAME.json``. Without
+``--check`` every marked block is rewritten; ``--check`` prints a unified diff and exits 1 when
+README differs from what the results render (``tests/test_readme.py`` runs the same check).
+``--collect RUNS_DIR`` first copies each run's results (``SOURCES``) into ``results/``, keeping
+only what the table needs (``COMPACT``) of a file larger than ``MAX_BYTES``. A marker whose
+results file is missing is one ``error:`` line and exit status 2. ``make readme`` = ``--collect
+runs``, after a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import os
+import re
+import sys
+import textwrap
+from collections.abc import Callable
+
+from nlhf_jax.errors import MissingInput, UserError, exit_on_user_error
+
+# results/NAME.json <- RUNS_DIR/PATH, copied by --collect: one line per table.
+SOURCES = {
+    "tabular": "tabular/results.json",
+    "demo": "demo/results.json",
+    "benchmark_sampling": "benchmarks/sampling.json",
+    "reproduce": "reproduce/results.json",
+}
+# A table rendered from another table's results file: NAME -> that file's NAME.
+FILE_OF = {"demo_judges": "demo", "reproduce_judges": "reproduce"}
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+README = os.path.join(ROOT, "README.md")
+RESULTS = os.path.join(ROOT, "results")
+MAX_BYTES = 50_000  # a larger results file keeps only what its table needs
+
+# NAME -> render(results) -> markdown; NAME -> compact(results) -> the fields render reads.
+RENDERERS: dict[str, Callable[[dict], str]] = {}
+COMPACT: dict[str, Callable[[dict], dict]] = {}
+
+# Markers are whole lines (so prose can name them in backticks).
+_BLOCK = re.compile(
+    r"^<!-- results:([\w.-]+) -->\n(.*?)^<!-- /results:\1 -->$", re.DOTALL | re.MULTILINE
+)
+_OPENING = re.compile(r"^<!-- results:([\w.-]+) -->$", re.MULTILINE)
+
+
+def renderer(name: str):
+    """Registers ``render(results: dict) -> str`` as the table of ``<!-- results:NAME -->``."""
+
+    def register(render: Callable[[dict], str]) -> Callable[[dict], str]:
+        RENDERERS[name] = render
+        return render
+
+    return register
+
+
+def source_line(name: str, results: dict) -> str:
+    """``From `results/NAME.json` (seed, machine, jax, commit, date).`` for a table's head."""
+    env = results.get("environment")
+    if not env:
+        return f"From `results/{name}.json`."
+    machine, versions = env.get("machine", {}), env.get("versions", {})
+    parts = [f"seed {env['seed']}"] if env.get("seed") is not None else []
+    parts.append(f"{machine.get('cpu', '?')}, {machine.get('cpu_count', '?')} CPUs")
+    if machine.get("backend", "cpu") != "cpu":
+        kinds = " / ".join(machine.get("device_kinds", []))
+        parts.append(f"{machine.get('device_count', '?')} x {kinds}")
+    if "jax" in versions:
+        parts.append(f"jax {versions['jax']}")
+    if "git" in env:
+        dirty = " with uncommitted changes" if env["git"].get("dirty") else ""
+        parts.append(f"commit {env['git']['commit'][:7]}{dirty}")
+    if "date" in env:
+        parts.append(env["date"][:10])
+    return f"From `results/{name}.json` ({', '.join(parts)})."
+
+
+def _paragraph(text: str) -> str:
+    """``text`` wrapped at the README's 100 columns, never inside a `code span`."""
+    unbroken = re.sub(r"`[^`]*`", lambda m: m.group(0).replace(" ", "\0"), text)
+    wrapped = textwrap.fill(unbroken, 100, break_long_words=False, break_on_hyphens=False)
+    return wrapped.replace("\0", " ")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+# --- tabular: python -m nlhf_jax.tabular --out runs/tabular ---------------------------------
+
+
+def _compact_tabular(r: dict) -> dict:
+    """The lab's trajectories at the table's checkpoints only (the full file is ~0.5 MB)."""
+    if "checkpoints" in r:
+        return r
+    from nlhf_jax.tabular.lab import checkpoints
+
+    ts = checkpoints(r["config"]["steps"])
+    at = lambda v: [v[t] for t in ts]
+    out = {
+        "config": r["config"],
+        "n": len(r["nash"][-1]),
+        "residual": r["residual"],
+        "checkpoints": ts,
+        "algorithms": {
+            name: {"description": a["description"], "kl": at(a["kl"]), "gap": at(a["gap"])}
+            for name, a in r["algorithms"].items()
+        },
+        "nash_md_bound": at(r["nash_md_bound"]),
+        "nash_mp_bound": at(r["nash_mp_bound"]),
+    }
+    return out | {k: r[k] for k in ("seconds", "environment") if k in r}
+
+
+COMPACT["tabular"] = _compact_tabular
+
+
+def _sci(x: float) -> str:
+    # Values within float64 rounding of zero (KL can come out as -1e-16) print as such.
+    return "<1e-15" if abs(x) < 1e-15 else f"{x:.2e}"
+
+
+@renderer("tabular")
+def render_tabular(results: dict) -> str:
+    r = _compact_tabular(results)
+    cfg, ts = r["config"], r["checkpoints"]
+    head = (
+        f"game={cfg['game']} n={r['n']} tau={cfg['tau']} contexts={cfg['contexts']} "
+        f"mu={cfg['mu']} steps={cfg['steps']}; max fixed-point residual of `pi*`: "
+        f"{r['residual']:.1e}. Columns T: the mean over contexts of `KL(pi* || pi_T)`; gap(T): the "
+        "duality gap of pi_T in the tau-regularized game."
+    )
+    bounds = {
+        "nash_md": ("bound", r["nash_md_bound"], "8/(tau^2 (T+1)), Theorem 1"),
+        "nash_mp": ("envelope", r["nash_mp_bound"], "(1+2 beta)^-T KL_0"),
+    }
+    rows = []
+    for name, a in r["algorithms"].items():
+        rows.append([name, *map(_sci, a["kl"]), _sci(a["gap"][-1]), a["description"]])
+        if name in bounds:
+            label, values, description = bounds[name]
+            rows.append([f"{name} {label}", *map(_sci, values), "", description])
+    header = ["algorithm", *(f"T={t}" for t in ts), "gap(T)", "description"]
+    return f"{_paragraph(source_line('tabular', r) + ' ' + head)}\n\n{_table(header, rows)}"
+
+
+# --- demo: make demo (python -m nlhf_jax.train) -> runs/demo/results.json --------------------
+
+
+def _num(x: float) -> str:
+    return "0" if x == 0 else f"{x:.3f}"
+
+
+@renderer("demo")
+def render_demo(r: dict) -> str:
+    methods, win, reg = r["methods"], r["win_rate"], r["win_rate_regularized"]
+    ref = r.get("reference_name", methods[0])
+    i_ref = methods.index(ref)
+    gaps = r["duality_gap"]
+    best = min(range(len(methods)), key=gaps.__getitem__)
+    header = ["policy", "duality gap", "KL(pi \\|\\| mu)", f"beats {ref}"]
+    if "nash_md" in methods:
+        header += ["vs nash_md, raw", "vs nash_md, regularized"]
+    rows = []
+    for i, name in enumerate(methods):
+        gap = f"**{gaps[i]:.3f}**" if i == best else f"{gaps[i]:.3f}"
+        row = [f"{name} (mu)" if i == i_ref else name, gap]
+        row += [_num(r["kl_to_reference"][i]), f"{win[i][i_ref]:.3f}"]
+        if "nash_md" in methods:
+            j = methods.index("nash_md")
+            row += [f"{win[i][j]:.3f}", f"{reg[i][j]:.3f}"]
+        rows.append(row)
+    cfg = r.get("config", {})
+    lines = [
+        _paragraph(
+            f"{source_line('demo', r)} tau = {cfg.get('tau')}; win rates (row beats column) are "
+            "exact under the true oracle, raw or in the tau-regularized game."
+        ),
+        "",
+        _table(header, rows),
+    ]
+    if "judge_nash_duality_gap" in r:
+        floor = (
+            "The judge's floor: the exact regularized NE of the learned judge's game has duality "
+            f"gap {r['judge_nash_duality_gap']:.3f} in the true game."
+        )
+        lines += ["", _paragraph(floor)]
+    return "\n".join(lines)
+
+
+def _judges_table(acc: dict, cell: Callable[[int, int], str]) -> str:
+    header = ["judge \\ pairs sampled from", *acc["policies"]]
+    rows = [
+        [name, *(cell(i, j) for j in range(len(acc["policies"])))]
+        for i, name in enumerate(acc["judges"])
+    ]
+    return _table(header, rows)
+
+
+@renderer("demo_judges")
+def render_demo_judges(r: dict) -> str:
+    """RLP's premise: each judge's exact accuracy on pairs each trained policy samples."""
+    acc = r["judge_accuracy_on_policy"]
+    text = (
+        f"{source_line('demo', r)} The exact accuracy of each judge (rows: the first preference "
+        "and reward models, and each RLP run's refreshed judge) on pairs y != y' drawn from each "
+        "policy (columns), labelled by the oracle."
+    )
+    table = _judges_table(acc, lambda i, j: f"{acc['accuracy'][i][j]:.3f}")
+    return "\n".join([_paragraph(text), "", table])
+
+
+@renderer("reproduce")
+def render_reproduce(r: dict) -> str:
+    """``make reproduce``: every figure of the demo as mean ± 95% interval over seeds."""
+    from nlhf_jax.evaluate import seeds
+
+    text = (
+        f"{source_line('reproduce', r)} Seeds {r.get('seeds')}: each seed is the whole pipeline "
+        "(its own SFT, preference and reward models, policies and RLP refreshes)."
+    )
+    return "\n".join([_paragraph(text), "", seeds.table(r)])
+
+
+@renderer("reproduce_judges")
+def render_reproduce_judges(r: dict) -> str:
+    """RLP's judges' accuracy on each policy's pairs, mean ± 95% interval over seeds."""
+    acc = r["judge_accuracy_on_policy"]
+    stat = acc["accuracy"]
+
+    def cell(i, j):
+        mean, half = stat["mean"][i][j], (stat.get("halfwidth") or [[None]])[i][j]
+        return f"{mean:.3f}" if half is None else f"{mean:.3f} ± {half:.3f}"
+
+    text = (
+        f"{source_line('reproduce', r)} Each judge's exact accuracy on pairs drawn from each "
+        f"policy, mean ± 95% interval over {r.get('num_seeds')} seeds."
+    )
+    return "\n".join([_paragraph(text), "", _judges_table(acc, cell)])
+
+
+# --- benchmark_sampling: python benchmarks/sampling.py -> runs/benchmarks/sampling.json ------
+
+
+@renderer("benchmark_sampling")
+def render_benchmark_sampling(r: dict) -> str:
+    s = r["settings"]
+    header = [
+        "new tokens",
+        "policy tok/s",
+        "mixture tok/s",
+        "uncached mixture tok/s",
+        "mixture / policy",
+        "mixture / uncached",
+        "growing-prefix factor",
+        "same tokens",
+    ]
+    rows = []
+    for row in r["rows"]:
+        pol, mix = row["policy_tok_s"], row["mixture_tok_s"]
+        cells = [str(row["new_tokens"]), f"{pol:.0f}", f"{mix:.0f}"]
+        if "uncached_tok_s" in row:
+            unc = row["uncached_tok_s"]
+            cells += [f"{unc:.0f}", f"{mix / pol:.2f}", f"{mix / unc:.1f}x"]
+            cells += [f"{row['growing_prefix_factor']:.2f}", f"{row['same_tokens']:.0%}"]
+        else:
+            cells += ["skipped", f"{mix / pol:.2f}", "", "", ""]
+        rows.append(cells)
+    timed = "one timed call" if s["repeats"] == 1 else f"the median of {s['repeats']} timed calls"
+    settings = (
+        f"`{s['preset']}` preset, batch {s['batch']}, prompt {s['prompt']}, beta {s['beta']}; "
+        f"{timed} after a warm-up; tokens/s of generated tokens "
+        f"(`python benchmarks/sampling.py --new {s['new']} --repeats {s['repeats']}`)."
+    )
+    load = r.get("environment", {}).get("machine", {}).get("load_average")
+    if load:  # a busy machine slows every column; say how busy it was
+        settings += f" Load average over the 15 minutes before writing: {load[2]:.1f}."
+    text = f"{source_line('benchmark_sampling', r)} {settings}"
+    return f"{_paragraph(text)}\n\n{_table(header, rows)}"
+
+
+# --- the command -----------------------------------------------------------------------------
+
+
+def collect(runs_dir: str, results_dir: str = RESULTS) -> list[str]:
+    """Copies each ``RUNS_DIR/SOURCES[name]`` that exists to ``results_dir/name.json``, compacted
+    when larger than ``MAX_BYTES``; returns the names copied."""
+    copied = []
+    os.makedirs(results_dir, exist_ok=True)
+    for name, path in SOURCES.items():
+        src = os.path.join(runs_dir, path)
+        if not os.path.exists(src):
+            continue
+        with open(src) as f:
+            results = json.load(f)
+        if os.path.getsize(src) > MAX_BYTES and name in COMPACT:
+            results = COMPACT[name](results)
+        with open(os.path.join(results_dir, f"{name}.json"), "w") as f:
+            json.dump(results, f, indent=1)
+            f.write("\n")
+        print(f"{src} -> {os.path.join(results_dir, name + '.json')}")
+        copied.append(name)
+    return copied
+
+
+def render(name: str, results_dir: str = RESULTS) -> str:
+    """The markdown of table ``name`` from ``results_dir/name.json``."""
+    if name not in RENDERERS:
+        raise UserError(f"<!-- results:{name} -->: no such table; known: {', '.join(RENDERERS)}")
+    path = os.path.join(results_dir, f"{FILE_OF.get(name, name)}.json")
+    if not os.path.exists(path):
+        raise MissingInput(
+            f"{path}: missing, README's <!-- results:{name} --> table is rendered from it; run "
+            f"its job, then `python -m nlhf_jax.readme --collect runs`"
+        )
+    with open(path) as f:
+        return RENDERERS[name](json.load(f))
+
+
+def rendered(text: str, results_dir: str = RESULTS) -> str:
+    """``text`` (a README) with every marked block replaced by its table from ``results_dir``."""
+    closed = {m.start() for m in _BLOCK.finditer(text)}
+    for m in _OPENING.finditer(text):
+        if m.start() not in closed:
+            line = text.count("\n", 0, m.start()) + 1
+            raise UserError(f"line {line}: {m.group(0)} has no <!-- /results:{m.group(1)} -->")
+    block = lambda m: (
+        f"<!-- results:{m.group(1)} -->\n{render(m.group(1), results_dir)}\n"
+        f"<!-- /results:{m.group(1)} -->"
+    )
+    return _BLOCK.sub(block, text)
+
+
+def _unified(text: str, new: str, readme: str, results_dir: str) -> str:
+    lines = difflib.unified_diff(
+        text.splitlines(keepends=True),
+        new.splitlines(keepends=True),
+        readme,
+        f"{readme} (rendered from {results_dir})",
+    )
+    return "".join(lines)
+
+
+def diff(readme: str = README, results_dir: str = RESULTS) -> str:
+    """A unified diff from ``readme`` to what its marked blocks render to; empty when equal."""
+    with open(readme) as f:
+        text = f.read()
+    return _unified(text, rendered(text, results_dir), readme, results_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m nlhf_jax.readme", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--check", action="store_true", help="exit 1 if README differs")
+    parser.add_argument("--collect", metavar="RUNS_DIR", help="first copy the runs' results")
+    parser.add_argument("--readme", default=README)
+    parser.add_argument("--results", default=RESULTS, help="directory of NAME.json")
+    args = parser.parse_args(argv)
+    if args.collect:
+        if not os.path.isdir(args.collect):
+            raise MissingInput(f"{args.collect}: no such runs directory")
+        collect(args.collect, args.results)
+    if not os.path.isfile(args.readme):
+        raise MissingInput(f"{args.readme}: no such README")
+    with open(args.readme) as f:
+        text = f.read()
+    new = rendered(text, args.results)
+    if args.check:
+        changes = _unified(text, new, args.readme, args.results)
+        sys.stdout.write(changes)
+        return 1 if changes else 0
+    if new != text:
+        with open(args.readme, "w") as f:
+            f.write(new)
+    print(f"{args.readme}: {'rewritten' if new != text else 'up to date'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(exit_on_user_error(main))
