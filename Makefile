@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo tabular text test lint format clean
+.PHONY: demo tabular text test lint format clean reproduce readme
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,9 +24,20 @@ $(TEST_STAMP): $(STAMP)
 demo: $(STAMP)
 	$(PY) -m nlhf_jax.train --workdir runs/demo
 
+# The demo over 5 seeds, each a whole pipeline (its own SFT, judges and policies) in
+# runs/reproduce/seed_<k>; runs/reproduce/results.json holds means and 95% intervals over seeds,
+# and the README's table is printed. Finished seeds and stages are skipped.
+reproduce: $(STAMP)
+	$(PY) -m nlhf_jax.train --config configs/demo.py --workdir runs/reproduce --config.demo.seeds=5
+
 # The exact tabular lab (seconds): every algorithm on small games, into runs/tabular.
 tabular: $(STAMP)
 	$(PY) -m nlhf_jax.tabular --out runs/tabular
+
+# The README's result tables from the runs: copies runs/*/results.json (and the benchmark's
+# runs/benchmarks/sampling.json) into results/ and re-renders every marked table in README.md.
+readme: $(STAMP)
+	$(PY) -m nlhf_jax.readme --collect runs
 
 # The text path on the offline text example (README, "The text path"): files and a tiny random
 # Qwen2 -> SFT -> preference and reward models -> Nash-MD and RLHF -> sampled evaluation ->

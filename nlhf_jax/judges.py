@@ -132,9 +132,12 @@ def load_judge(
         raise UserError(
             f"judge {workdir} has vocabulary {cfg.vocab_size}, the policies {vocab_size}"
         )
+    bottleneck = identity.get("bottleneck")  # RLP-UML's heads, kept in the checkpoint
     if method == "preference_model":
-        model = PreferenceModel(cfg, sep_id=identity["sep_id"], rngs=nnx.Rngs(0))
+        model = PreferenceModel(
+            cfg, sep_id=identity["sep_id"], bottleneck=bottleneck, rngs=nnx.Rngs(0)
+        )
     else:
-        model = RewardModel(cfg, rngs=nnx.Rngs(0))
+        model = RewardModel(cfg, bottleneck=bottleneck, rngs=nnx.Rngs(0))
     graphdef, like = nnx.split(model)
     return ModelJudge(graphdef, load_params(workdir, like))

@@ -278,3 +278,29 @@ def test_cli(evaluated, runs, tmp_path):
         written = json.load(f)
     np.testing.assert_allclose(written["win_rate"], evaluated[0]["win_rate"], atol=1e-6)
     assert (out / "win_rate.png").exists() and (out / "training_curves.png").exists()
+
+
+def test_judge_accuracy_on_policy_exact_against_sampling():
+    from nlhf_jax.evaluate.exact import judge_accuracy_on_policy
+
+    rng = np.random.default_rng(0)
+    X, R = 3, 4
+    logits = rng.normal(size=(X, R, R))
+    P = 1 / (1 + np.exp(-(logits - logits.transpose(0, 2, 1))))  # antisymmetric oracle
+    J = 1 / (1 + np.exp(-(rng.normal(size=(X, R, R)))))
+    J = (J + 1 - J.transpose(0, 2, 1)) / 2  # an antisymmetric judge with its own errors
+    pi = rng.dirichlet(np.ones(R), size=X)
+    got = judge_accuracy_on_policy(J, P, pi)
+    # The oracle itself is the best judge and its mirror the worst: they sum to one.
+    best, worst = judge_accuracy_on_policy(P, P, pi), judge_accuracy_on_policy(1 - P, P, pi)
+    assert best + worst == pytest.approx(1.0, abs=1e-12)
+    assert worst <= got <= best
+    # Monte Carlo: pairs y != y' from pi, an oracle label, the judge's pick.
+    n, hits = 200_000, []
+    for x in range(X):
+        y, y2 = rng.choice(R, size=n, p=pi[x]), rng.choice(R, size=n, p=pi[x])
+        keep = y != y2
+        y, y2 = y[keep], y2[keep]
+        label = rng.random(len(y)) < P[x, y, y2]
+        hits.append(np.mean((J[x, y, y2] > 0.5) == label))
+    assert got == pytest.approx(np.mean(hits), abs=0.01)

@@ -10,6 +10,10 @@ On a prompts file (text runs; sampled, with standard errors, under one or more j
     python -m nlhf_jax.evaluate --prompts eval_prompts.jsonl --reference runs/sft \
         --judge runs/pm [--judge task.json] --samples 16 --out runs/eval nash_md=runs/nash_md
 
+Several seeds' results (means and 95% intervals over seeds, ``nlhf_jax.evaluate.seeds``):
+
+    python -m nlhf_jax.evaluate --aggregate runs/s0/results.json runs/s1/results.json --out DIR
+
 Prints the win-rate matrices and a per-method table; with --out writes results.json and
 win_rate.png (and, on the synthetic task, training_curves.png) there.
 """
@@ -17,9 +21,9 @@ win_rate.png (and, on the synthetic task, training_curves.png) there.
 from __future__ import annotations
 
 import argparse
+import os
 
-from absl import logging
-
+from nlhf_jax.console import quiet_libraries
 from nlhf_jax.errors import exit_on_user_error
 
 
@@ -30,7 +34,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("runs", nargs="*", metavar="NAME=WORKDIR", help="policy runs")
     parser.add_argument(
-        "--reference", required=True, help="the SFT run: the reference mu (also a method)"
+        "--reference", help="the SFT run: the reference mu (also a method); required to evaluate"
+    )
+    parser.add_argument(
+        "--aggregate",
+        nargs="+",
+        metavar="RESULTS_JSON",
+        help="instead of evaluating: several seeds' results.json as means and 95%% intervals "
+        "(written to --out/results.json)",
     )
     parser.add_argument(
         "--judge",
@@ -60,18 +71,24 @@ def main(argv: list[str] | None = None) -> None:
         help="also estimate the matrix from N sampled responses per prompt (0: off)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampled estimate")
+    parser.add_argument("--verbose", action="store_true", help="show the libraries' logs")
     args = parser.parse_args(argv)
+    if args.reference is None and not args.aggregate:
+        parser.error("the following arguments are required: --reference")
     if args.sampled < 0 or args.sampled == 1:
         parser.error("--sampled must be 0 (off) or at least 2")
     if args.tau is not None and args.tau <= 0:
         parser.error("--tau must be positive")
-    logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
+    quiet_libraries(args.verbose)
 
     from nlhf_jax.evaluate.head_to_head import evaluate_runs
     from nlhf_jax.evaluate.on_prompts import evaluate_on_prompts
     from nlhf_jax.evaluate.runs import parse_runs
 
     def run() -> None:
+        if args.aggregate:
+            _aggregate(args.aggregate, args.out)
+            return
         runs = parse_runs(args.runs)
         if args.prompts:
             evaluate_on_prompts(
@@ -102,6 +119,18 @@ def main(argv: list[str] | None = None) -> None:
             print(f"\nwrote {args.out}/results.json, win_rate.png and training_curves.png")
 
     exit_on_user_error(run)
+
+
+def _aggregate(paths: list[str], out: str | None) -> None:
+    """Several seeds' results.json as one: prints the table, writes OUT/results.json."""
+    from nlhf_jax.evaluate import report, seeds
+
+    aggregated = seeds.aggregate(seeds.load(paths), paths)
+    print(seeds.table(aggregated))
+    if out:
+        os.makedirs(out, exist_ok=True)
+        report.write_json(os.path.join(out, "results.json"), aggregated)
+        print(f"\nwrote {out}/results.json")
 
 
 if __name__ == "__main__":

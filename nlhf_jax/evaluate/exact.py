@@ -146,3 +146,23 @@ def judge_function(judge: Judge):
     else:
         return lambda *args: np.asarray(judge(*args), np.float64)
     return lambda *args: 1.0 / (1.0 + np.exp(-np.asarray(logit(*args), np.float64)))
+
+
+def judge_accuracy_on_policy(P_judge_xrr: np.ndarray, P_true_xrr: np.ndarray, pi_xr) -> float:
+    """How often a judge picks the oracle's winner on pairs the policy ``pi`` samples, exactly.
+
+    A pair is two independent draws ``y, y' ~ pi(.|x)`` (well-formed, renormalized) with
+    ``y != y'``, labelled by a draw from the oracle; the judge is right when it gives the label's
+    winner more than 1/2 (a judge at exactly 1/2 scores 1/2). Mean over prompts of the expected
+    accuracy, the pair weights ``pi(y) pi(y')`` renormalized per prompt (a prompt on which pi is
+    deterministic has no pair and is left out).
+    """
+    pi = np.asarray(pi_xr, np.float64)
+    J, P = np.asarray(P_judge_xrr, np.float64), np.asarray(P_true_xrr, np.float64)
+    R = pi.shape[-1]
+    w = pi[:, :, None] * pi[:, None, :] * (1.0 - np.eye(R))
+    right = P * (J > 0.5) + (1.0 - P) * (J < 0.5) + 0.5 * (J == 0.5)
+    mass = w.sum((1, 2))
+    has_pairs = mass > 1e-12
+    per_prompt = (w * right).sum((1, 2))[has_pairs] / mass[has_pairs]
+    return float(per_prompt.mean())

@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from nlhf_jax.models.bottleneck import Bottleneck
 from nlhf_jax.models.config import TransformerConfig
 from nlhf_jax.models.transformer import Transformer, positions_from_mask
 
@@ -76,6 +77,14 @@ def _backbone(config: TransformerConfig, rngs: nnx.Rngs) -> Transformer:
     return Transformer(config.replace(tie_embeddings=True), rngs=rngs)
 
 
+def _bottleneck(config: TransformerConfig, sizes, rngs: nnx.Rngs) -> Bottleneck | None:
+    """RLP-UML's heads, ``sizes = (code_dim, hidden)``, or None (a judge trained without)."""
+    if not sizes:
+        return None
+    code_dim, hidden = sizes
+    return Bottleneck(config.d_model, code_dim, hidden, rngs=rngs)
+
+
 def _last_real_hidden(backbone: Transformer, tokens_bt: Array, mask_bt: Array) -> Array:
     """Hidden state [b, d] at each row's last real token (position 0 if a row is all padding)."""
     mask_bt = mask_bt.astype(bool)
@@ -94,12 +103,41 @@ class PreferenceModel(nnx.Module):
       sep_id: token id inserted between the two responses, or None for none.
     """
 
-    def __init__(self, config: TransformerConfig, *, sep_id: int | None = None, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        config: TransformerConfig,
+        *,
+        sep_id: int | None = None,
+        bottleneck: tuple[int, int] | None = None,
+        rngs: nnx.Rngs,
+    ):
         if sep_id is not None and not 0 <= sep_id < config.vocab_size:
             raise ValueError(f"sep_id={sep_id} is outside the vocabulary [0, {config.vocab_size})")
         self.backbone = _backbone(config, rngs)
         self.head = ScalarHead(config, rngs=rngs)
         self.sep_id = sep_id
+        self.bottleneck = _bottleneck(config, bottleneck, rngs)
+
+    def features(self, prompt_bp, prompt_mask_bp, response_br, response_mask_br) -> Array:
+        """The last layer's hidden state [b, d] of one response in context: the input
+        ``[prompt, y, (SEP), y]``, the pair of y with itself (RLP-UML's view of y)."""
+        return self._hidden(
+            prompt_bp, prompt_mask_bp, response_br, response_mask_br, response_br, response_mask_br
+        )
+
+    def _hidden(
+        self, prompt_bp, prompt_mask_bp, first_br, first_mask_br, second_bs, second_mask_bs
+    ):
+        tokens, masks = [prompt_bp, first_br], [prompt_mask_bp, first_mask_br]
+        if self.sep_id is not None:
+            b = prompt_bp.shape[0]
+            tokens.append(jnp.full((b, 1), self.sep_id, prompt_bp.dtype))
+            masks.append(jnp.ones((b, 1), bool))
+        tokens += [second_bs.astype(prompt_bp.dtype)]
+        masks += [second_mask_bs]
+        tokens_bt = jnp.concatenate(tokens, axis=1)
+        mask_bt = jnp.concatenate([m.astype(bool) for m in masks], axis=1)
+        return _last_real_hidden(self.backbone, tokens_bt, mask_bt)
 
     def score(
         self,
@@ -111,16 +149,11 @@ class PreferenceModel(nnx.Module):
         second_mask_bs: Array,
     ) -> Array:
         """f(x, first, second) [b] float32: one score per ordered pair (not antisymmetric)."""
-        tokens, masks = [prompt_bp, first_br], [prompt_mask_bp, first_mask_br]
-        if self.sep_id is not None:
-            b = prompt_bp.shape[0]
-            tokens.append(jnp.full((b, 1), self.sep_id, prompt_bp.dtype))
-            masks.append(jnp.ones((b, 1), bool))
-        tokens += [second_bs.astype(prompt_bp.dtype)]
-        masks += [second_mask_bs]
-        tokens_bt = jnp.concatenate(tokens, axis=1)
-        mask_bt = jnp.concatenate([m.astype(bool) for m in masks], axis=1)
-        return self.head(_last_real_hidden(self.backbone, tokens_bt, mask_bt))
+        return self.head(
+            self._hidden(
+                prompt_bp, prompt_mask_bp, first_br, first_mask_br, second_bs, second_mask_bs
+            )
+        )
 
     def logit(self, prompt, prompt_mask, response_a, response_a_mask, response_b, response_b_mask):
         """d(x, a, b) = f(x, a, b) - f(x, b, a), [b] float32, from one pass over 2b rows."""
@@ -147,17 +180,28 @@ class RewardModel(nnx.Module):
       head: `ScalarHead`.
     """
 
-    def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        config: TransformerConfig,
+        *,
+        bottleneck: tuple[int, int] | None = None,
+        rngs: nnx.Rngs,
+    ):
         self.backbone = _backbone(config, rngs)
         self.head = ScalarHead(config, rngs=rngs)
+        self.bottleneck = _bottleneck(config, bottleneck, rngs)
 
-    def reward(self, prompt_bp, prompt_mask_bp, response_br, response_mask_br) -> Array:
-        """r(x, y) [b] float32. Only differences are meaningful (BT is shift invariant)."""
+    def features(self, prompt_bp, prompt_mask_bp, response_br, response_mask_br) -> Array:
+        """The last layer's hidden state [b, d] at the last real token of [prompt, response]."""
         tokens_bt = jnp.concatenate([prompt_bp, response_br.astype(prompt_bp.dtype)], axis=1)
         mask_bt = jnp.concatenate(
             [prompt_mask_bp.astype(bool), response_mask_br.astype(bool)], axis=1
         )
-        return self.head(_last_real_hidden(self.backbone, tokens_bt, mask_bt))
+        return _last_real_hidden(self.backbone, tokens_bt, mask_bt)
+
+    def reward(self, prompt_bp, prompt_mask_bp, response_br, response_mask_br) -> Array:
+        """r(x, y) [b] float32. Only differences are meaningful (BT is shift invariant)."""
+        return self.head(self.features(prompt_bp, prompt_mask_bp, response_br, response_mask_br))
 
     def logit(self, prompt, prompt_mask, response_a, response_a_mask, response_b, response_b_mask):
         """r(x, a) - r(x, b), [b] float32, from one pass over 2b rows."""

@@ -128,6 +128,15 @@ class SyntheticTask:
         style = jnp.where(valid, style_of(jnp.where(valid[:, None], sym_bl, 0)), -1)
         return quality, style, prompt_ok
 
+    def quality_and_style(self, prompt_bt, resp_bn, resp_mask_bn):
+        """Quality [b] and style [b] of responses to unpadded prompts: the two properties the
+        oracle reads (style -1 and quality ``-invalid_penalty`` for a malformed response)."""
+        prompt_bt = jnp.asarray(prompt_bt)
+        quality, style, _ = self._parse(
+            prompt_bt, jnp.ones(prompt_bt.shape, bool), jnp.asarray(resp_bn), resp_mask_bn
+        )
+        return quality, style
+
     def logit(self, prompt_bt, prompt_mask_bt, a_bn, a_mask_bn, b_bn, b_mask_bn):
         """The oracle's antisymmetric logit ``d(x, a, b)`` [b]."""
         qa, sa, ok = self._parse(prompt_bt, prompt_mask_bt, a_bn, a_mask_bn)

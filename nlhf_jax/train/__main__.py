@@ -6,23 +6,28 @@
 Resumes from the latest checkpoint in DIR; SIGTERM saves and exits. A config key that does not
 exist is an error (the config is locked). Without --config it runs ``nlhf_jax.train.demo`` (as
 ``--config configs/demo.py`` does, which also takes overrides). A user's mistake (a bad file, a
-wrong key or value, a missing run) ends in one ``error:`` line and exit status 2.
+wrong key or value, a missing run) ends in one ``error:`` line and exit status 2. The libraries'
+logs and warnings are silenced unless ``--verbose`` is given (``nlhf_jax.console``).
 """
 
 from __future__ import annotations
 
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
+from nlhf_jax.console import quiet_libraries
 from nlhf_jax.errors import exit_on_user_error
-from nlhf_jax.train import demo, loop, methods
+from nlhf_jax.train import demo, loop, methods, rlp
 from nlhf_jax.train.guard import DivergenceGuard
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory for checkpoints and metrics (the demo's default: runs/demo)."
+)
+_VERBOSE = flags.DEFINE_boolean(
+    "verbose", False, "Show the libraries' logs, warnings and progress bars (absl, tfds, orbax)."
 )
 
 
@@ -45,6 +50,11 @@ def _train() -> None:
     if config.method == "demo":
         demo.run(config, _WORKDIR.value or "runs/demo")
         return
+    if config.method == "rlp":  # a whole RLP pipeline (configs/rlp_*.py, nash_md_rlp.py)
+        if not _WORKDIR.value:
+            raise app.UsageError("--workdir is required")
+        rlp.run(config, _WORKDIR.value)
+        return
     if not _WORKDIR.value:
         raise app.UsageError("--workdir is required")
     trainer = methods.build(config, _WORKDIR.value)
@@ -63,7 +73,7 @@ def _train() -> None:
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    quiet_libraries(_VERBOSE.value)
     exit_on_user_error(_train)
 
 

@@ -20,7 +20,7 @@ from nlhf_jax.errors import UserError
 from nlhf_jax.tasks.synthetic import SEP, TASK_VERSION, SyntheticTask, style_of
 from nlhf_jax.train import initial
 
-_PAIR_FEATURES = {
+PAIR_FEATURES = {
     "prompt": "tokens",
     "response_a": "tokens",
     "response_b": "tokens",
@@ -44,12 +44,19 @@ def task_from_config(config: ml_collections.ConfigDict) -> SyntheticTask:
 
 
 def synthetic_records(
-    name: str, arrays: dict[str, np.ndarray], features: dict, config, workdir: str
+    name: str,
+    arrays: dict[str, np.ndarray],
+    features: dict,
+    config,
+    workdir: str,
+    data_dir: str | None = None,
 ) -> data.BuiltDataset:
     """Writes generated arrays (one row per example) as a tfds dataset, named by their content.
 
     The name hashes the arrays themselves, so a change of settings, size or task code gives a
-    new dataset instead of silently reusing a stale one; identical data is written once.
+    new dataset instead of silently reusing a stale one; identical data is written once. A
+    ``<field>_mask`` array (True on real tokens, right padding) makes that field's rows
+    variable-length: only the real tokens are written.
     """
     digest = hashlib.sha256()
     for key in sorted(arrays):
@@ -57,8 +64,16 @@ def synthetic_records(
         digest.update(f"{key}:{a.dtype}:{a.shape}".encode())
         digest.update(a.tobytes())
     n = len(next(iter(arrays.values())))
-    rows = ({k: v[i] for k, v in arrays.items()} for i in range(n))
-    data_dir = config.data.data_dir or os.path.join(workdir, "data")
+
+    def row(i):
+        out = {k: v[i] for k, v in arrays.items() if not k.endswith("_mask")}
+        for k in out:
+            if f"{k}_mask" in arrays:
+                out[k] = out[k][arrays[f"{k}_mask"][i].astype(bool)]
+        return out
+
+    rows = (row(i) for i in range(n))
+    data_dir = data_dir or config.data.data_dir or os.path.join(workdir, "data")
     return data.build_records(
         {"train": rows}, features, data_dir, name=f"{name}_{digest.hexdigest()[:12]}"
     )
@@ -102,10 +117,15 @@ def synthetic_eval_sets(task: SyntheticTask, num: int, seed: int, batch_size: in
 
 
 def pairs(
-    config: ml_collections.ConfigDict, workdir: str, vocab_size: int | None = None
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    vocab_size: int | None = None,
+    extra_pairs: dict[str, np.ndarray] | None = None,
 ) -> PairSource:
     """The preference-pair source of ``config.data`` ("synthetic" or "file", see
-    ``initial.data_source``); ``vocab_size``: the model's, which the tokenizer must fit."""
+    ``initial.data_source``); ``vocab_size``: the model's, which the tokenizer must fit.
+    ``extra_pairs`` (synthetic only): more training pairs, the task's arrays plus
+    ``response_a_mask``/``response_b_mask``, e.g. RLP's synthetic preferences."""
     d = config.data
     data_dir = d.data_dir or os.path.join(workdir, "data")
     source = initial.data_source(config)
@@ -123,8 +143,18 @@ def pairs(
             generated["label"] = generated["probability"]
         elif d.labels != "sampled":
             raise UserError(f"config.data.labels={d.labels!r}: choose 'sampled' or 'probability'")
-        pairs_only = {k: generated[k] for k in _PAIR_FEATURES}
-        built = synthetic_records("synthetic_pairs", pairs_only, _PAIR_FEATURES, config, workdir)
+        pairs_only = {k: generated[k] for k in PAIR_FEATURES}
+        name = "synthetic_pairs"
+        if extra_pairs is not None:
+            name = "synthetic_pairs_rlp"
+            settings["extra_pairs"] = len(extra_pairs["label"])
+            for k in ("response_a", "response_b"):
+                pairs_only[f"{k}_mask"] = np.ones(pairs_only[k].shape, bool)
+            pairs_only = {
+                k: np.concatenate([v, np.asarray(extra_pairs[k]).astype(v.dtype)])
+                for k, v in pairs_only.items()
+            }
+        built = synthetic_records(name, pairs_only, PAIR_FEATURES, config, workdir)
         options = data.BatchOptions(
             config.batch_size, task.prompt_len, task.response_len, seed=config.seed
         )
@@ -137,6 +167,8 @@ def pairs(
             ),
             description={"source": "synthetic", **settings},
         )
+    if extra_pairs is not None:
+        raise UserError("RLP's synthetic pairs join synthetic data only (config.data.source)")
     if source == "file":
         if not d.train_file:
             raise UserError(

@@ -49,6 +49,31 @@ def base_config(method: str) -> ml_collections.ConfigDict:
     # The divergence guard (nlhf_jax/train/guard.py): stop on a non-finite metric, a sampled
     # KL(pi || mu) above max_kl, or an exact invalid mass above max_invalid_mass (0: off).
     c.guard = ml_collections.ConfigDict(dict(finite=True, max_kl=10.0, max_invalid_mass=0.5))
+    # RLP (nlhf_jax/train/rlp.py, ALGORITHMS.md 8). A preference or reward model run with
+    # `samples` (a policy-sample set) is a refreshed judge: "spg" adds the synthetic pairs to
+    # its data, "uml" adds uml_weight * L_M on view pairs through Gaussian codes of code_dim
+    # (MLPs of width hidden), "spg+uml" both. The pipeline (method "rlp") trains policy_method
+    # from SFT, draws num_samples per prompt for num_prompts prompts, groups them by
+    # `equivalence` ("task": the synthetic task's (quality, style); "exact": same tokens), keeps
+    # prompts whose largest group has a share >= gamma, and trains again from SFT. sft, judge
+    # and stage1 name existing runs to reuse (empty: trained in WORKDIR).
+    c.rlp = ml_collections.ConfigDict(
+        dict(
+            mode="spg",
+            policy_method="rlhf",
+            samples="",
+            sft="",
+            judge="",
+            stage1="",
+            num_prompts=2000,
+            num_samples=10,
+            gamma=0.5,
+            equivalence="task",
+            uml_weight=0.5,
+            code_dim=16,
+            hidden=64,
+        )
+    )
     c.model = ml_collections.ConfigDict(
         dict(
             hf_checkpoint="",

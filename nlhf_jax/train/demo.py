@@ -18,11 +18,11 @@ import time
 
 import ml_collections
 
-from nlhf_jax.checkpoint import latest_step
 from nlhf_jax.errors import UserError
-from nlhf_jax.train import loop, methods
+from nlhf_jax.evaluate import report
+from nlhf_jax.train import rlp
 from nlhf_jax.train.defaults import base_config
-from nlhf_jax.train.guard import DivergenceGuard
+from nlhf_jax.train.stages import run_stage, stage_config
 
 # name -> (method, overrides): the policies compared (NLHF Table 1's MD, SP, BR and RLHF, and
 # the rest of the family).
@@ -35,6 +35,13 @@ POLICIES = {
     "nash_mp": ("nash_mp", {}),
     "online_ipo": ("online_ipo", {}),
     "inpo": ("inpo", {}),
+}
+# name -> (stage-1 policy, refresh): RLP (nlhf_jax/train/rlp.py), after the policies above: the
+# judge of the stage-1 policy is retrained on its samples, and the method trained again from SFT.
+RLP_POLICIES = {
+    "rlp_uml": ("rlhf", "uml"),
+    "rlp_spg": ("rlhf", "spg"),
+    "nash_md_rlp": ("nash_md", "spg+uml"),
 }
 
 
@@ -50,52 +57,53 @@ def demo_config() -> ml_collections.ConfigDict:
             # P(y > y') ~ 1/2 + (r - r') / 4, so a reward r weighs like a preference r / 4 and
             # 4 tau puts RLHF's KL on the same footing as the Nash methods' tau.
             rlhf_tau=0.4,
-            policies=",".join(POLICIES),  # a comma-separated subset of POLICIES
+            # A comma-separated subset of POLICIES and RLP_POLICIES.
+            policies=",".join([*POLICIES, *RLP_POLICIES]),
             judge="preference_model",  # or "oracle": policies see the exact preference
+            # The number of seeds. With more than one, each seed is a whole pipeline (its own
+            # SFT, preference and reward models and policies, so the interval covers all of the
+            # pipeline's randomness) in WORKDIR/seed_<k>, seeds config.seed .. config.seed +
+            # seeds - 1; WORKDIR/results.json then holds means and 95% intervals over them.
+            seeds=1,
         )
     )
     return c
 
 
-def _stage_config(config, method: str, num_steps: int, **overrides):
-    c = base_config(method)
-    for key in ("seed", "batch_size", "log_every", "tau", "task", "model", "mesh", "guard"):
-        c[key] = config[key]
-    c.data.data_dir = config.data.data_dir
-    c.num_steps = num_steps
-    c.eval_every = max(num_steps // 6, 1)
-    c.checkpoint_every = num_steps
-    for key, value in overrides.items():
-        if key == "learning_rate":
-            c.optimizer.learning_rate = value
-        else:
-            c[key] = value
-    return c
-
-
-def _run_stage(name: str, config, workdir: str, quiet: bool) -> None:
-    stage_dir = os.path.join(workdir, name)
-    if (latest_step(stage_dir) or 0) >= config.num_steps:
-        print(f"== {name}: finished earlier in {stage_dir}", flush=True)
-        return
-    print(f"== {name} ({config.method}, {config.num_steps} steps) -> {stage_dir}", flush=True)
-    t0 = time.time()
-    loop.run(
-        methods.build(config, stage_dir),
-        stage_dir,
-        num_steps=config.num_steps,
-        checkpoint_every=config.checkpoint_every,
-        eval_every=config.eval_every,
-        log_every=config.log_every,
-        quiet=quiet,
-        guard=DivergenceGuard(**config.guard),
-    )
-    print(f"== {name}: {time.time() - t0:.0f} s", flush=True)
-
-
 def run(config: ml_collections.ConfigDict, workdir: str, quiet: bool = False) -> dict:
-    """Runs every stage into ``workdir`` and returns the evaluation (also in results.json)."""
-    return run_pipeline(config, workdir, quiet)
+    """Runs every stage into ``workdir`` and returns the evaluation (also in results.json).
+
+    With ``config.demo.seeds`` > 1, one whole pipeline per seed into ``workdir/seed_<k>`` (a
+    finished seed's stages are skipped), then ``results.json`` aggregates them over seeds
+    (``nlhf_jax.evaluate.seeds``): means and 95% intervals.
+    """
+    num_seeds = config.demo.seeds
+    if num_seeds < 1:
+        raise UserError(f"config.demo.seeds={num_seeds}: at least 1")
+    if num_seeds == 1:
+        return run_pipeline(config, workdir, quiet)
+    from nlhf_jax import provenance
+    from nlhf_jax.evaluate import report, seeds
+
+    sources, seed_values = [], []
+    for k in range(num_seeds):
+        one = config.copy_and_resolve_references()
+        one.seed = config.seed + k
+        one.demo.seeds = 1
+        # Each seed's data in its own seed_<k>/data unless config.data.data_dir names one:
+        # the data depend on the seed (and are named by a hash of their content), so a shared
+        # directory would hold one copy per seed anyway, and seed_<k> stays self-contained.
+        seed_dir = os.path.join(workdir, f"seed_{k}")
+        print(f"== seed {k + 1}/{num_seeds} (seed {one.seed}) -> {seed_dir}", flush=True)
+        run_pipeline(one, seed_dir, quiet)
+        sources.append(os.path.join(seed_dir, "results.json"))
+        seed_values.append(one.seed)
+    aggregated = seeds.aggregate(seeds.load(sources), sources, seeds=seed_values)
+    aggregated["environment"] = provenance.environment()  # of the aggregation; seeds: above
+    path = os.path.join(workdir, "results.json")
+    report.write_json(path, aggregated)
+    print(f"== {num_seeds} seeds aggregated -> {path}\n\n{seeds.table(aggregated)}", flush=True)
+    return aggregated
 
 
 def run_pipeline(config: ml_collections.ConfigDict, workdir: str, quiet: bool = False) -> dict:
@@ -104,22 +112,30 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str, quiet: bool = 
 
     d = config.demo
     names = [n.strip() for n in d.policies.split(",") if n.strip()]
-    unknown = sorted(set(names) - set(POLICIES))
+    known = {**POLICIES, **RLP_POLICIES}
+    unknown = sorted(set(names) - set(known))
     if unknown:
-        raise UserError(f"config.demo.policies: unknown {unknown}; known: {', '.join(POLICIES)}")
+        raise UserError(f"config.demo.policies: unknown {unknown}; known: {', '.join(known)}")
+    refreshed = [n for n in names if n in RLP_POLICIES]
+    if refreshed and d.judge == "oracle":
+        print(f"== {', '.join(refreshed)}: skipped (RLP refreshes a learned judge)", flush=True)
+        names, refreshed = [n for n in names if n not in RLP_POLICIES], []
+    # The stage-1 policies RLP needs are trained even where they are not compared.
+    first = [n for n in names if n in POLICIES]
+    first += [RLP_POLICIES[n][0] for n in refreshed if RLP_POLICIES[n][0] not in first]
     if not config.data.data_dir:
         config.data.data_dir = os.path.join(workdir, "data")  # one copy for every stage
     t0 = time.time()
     path = lambda name: os.path.join(workdir, name)
-    _run_stage("sft", _stage_config(config, "sft", d.sft_steps), workdir, quiet)
+    run_stage("sft", stage_config(config, "sft", d.sft_steps), path("sft"), quiet)
     for kind in ("preference_model", "reward_model"):
-        _run_stage(kind, _stage_config(config, kind, d.preference_steps), workdir, quiet)
+        run_stage(kind, stage_config(config, kind, d.preference_steps), path(kind), quiet)
     judge = path("preference_model") if d.judge == "preference_model" else "oracle"
-    for name in names:
+    for name in dict.fromkeys(first):
         method, overrides = POLICIES[name]
         if method == "rlhf":
             overrides = {**overrides, "tau": d.rlhf_tau}
-        stage = _stage_config(
+        stage = stage_config(
             config,
             method,
             d.policy_steps,
@@ -129,12 +145,39 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str, quiet: bool = 
             learning_rate=d.policy_learning_rate,
             **overrides,
         )
-        _run_stage(name, stage, workdir, quiet)
+        run_stage(name, stage, path(name), quiet)
+    judges = {"preference_model": path("preference_model"), "reward_model": path("reward_model")}
+    for name in refreshed:
+        judges[f"{name} judge"] = _rlp_stages(config, name, workdir, quiet)
     print(f"== evaluation ({time.time() - t0:.0f} s so far)", flush=True)
-    return evaluate.evaluate_runs(
+    results = evaluate.evaluate_runs(
         reference=path("sft"),
         runs={"sft": path("sft"), **{name: path(name) for name in names}},
         judge=path("preference_model"),
         tau=config.tau,
         out=workdir,
+        quiet=quiet,
     )
+    if refreshed:  # RLP's premise, measured: is the refreshed judge right where policies sample?
+        stage1 = list(dict.fromkeys(RLP_POLICIES[n][0] for n in refreshed))
+        policies = {n: path(n) for n in [*stage1, *refreshed]}
+        results["judge_accuracy_on_policy"] = rlp.judge_accuracies(judges, policies, quiet)
+        report.write_json(os.path.join(workdir, "results.json"), results)
+    return results
+
+
+def _rlp_stages(config, name: str, workdir: str, quiet: bool) -> str:
+    """The RLP stages of ``name`` (samples of its stage-1 policy, the refreshed judge, the
+    method from SFT again into ``workdir/name``), reusing the demo's runs; the judge's dir."""
+    method, mode = RLP_POLICIES[name]
+    kind = "reward_model" if method == "rlhf" else "preference_model"
+    c = config.copy_and_resolve_references()
+    c.rlp.mode, c.rlp.policy_method = mode, method
+    path = lambda stage: os.path.join(workdir, stage)
+    c.rlp.sft, c.rlp.judge, c.rlp.stage1 = path("sft"), path(kind), path(method)
+    dirs = {
+        "samples": path(f"samples_{method}"),  # shared by the refreshes of one policy
+        "judge_rlp": path(f"{kind}_{mode.replace('+', '_')}"),
+        "stage2": path(name),
+    }
+    return rlp.run(c, workdir, quiet, dirs=dirs)["judge_rlp"]

@@ -25,7 +25,7 @@ from nlhf_jax.models.preference import (
     preference_logits,
     reward_logits,
 )
-from nlhf_jax.train import data_sources, initial
+from nlhf_jax.train import data_sources, initial, rlp
 from nlhf_jax.train.initial import model_config, optimizer
 from nlhf_jax.train.loop import Trainer
 from nlhf_jax.train.state import init_train_state, make_step
@@ -40,28 +40,38 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
     kind = config.method
     backbone_cfg, backbone = initial.backbone_state(config)
     vocab_size = backbone_cfg.vocab_size if backbone_cfg else None
-    source = data_sources.pairs(config, workdir, vocab_size=vocab_size)
+    views, bottleneck = None, None
+    if config.rlp.samples:  # a judge refreshed on policy samples (RLP, nlhf_jax/train/rlp.py)
+        source, views = rlp.refreshed_data(config, workdir, vocab_size)
+        if views is not None:
+            bottleneck = (config.rlp.code_dim, config.rlp.hidden)
+    else:
+        source = data_sources.pairs(config, workdir, vocab_size=vocab_size)
     model_cfg = backbone_cfg or model_config(config, source.vocab_size)
     rngs = nnx.Rngs(config.seed)
     if kind == "preference_model":
         model, logits_fn = (
-            PreferenceModel(model_cfg, sep_id=source.sep_id, rngs=rngs),
+            PreferenceModel(model_cfg, sep_id=source.sep_id, bottleneck=bottleneck, rngs=rngs),
             preference_logits,
         )
     else:
-        model, logits_fn = RewardModel(model_cfg, rngs=rngs), reward_logits
+        model, logits_fn = RewardModel(model_cfg, bottleneck=bottleneck, rngs=rngs), reward_logits
     if backbone is not None:
         load_backbone(model, backbone)
     graphdef, params = nnx.split(model)
     tx = optimizer(config)
 
     def loss_fn(graphdef, params, batch, rng):
-        del rng  # deterministic given the batch
         logit_b = logits_fn(graphdef, params, batch)
         label_b = jnp.asarray(batch["label"])
         prob_b = jax.nn.sigmoid(logit_b)
         loss = jnp.mean(preference_cross_entropy(logit_b, label_b))
-        return loss, {"accuracy": pm_metrics.pairwise_accuracy(prob_b, label_b)}
+        metrics = {"accuracy": pm_metrics.pairwise_accuracy(prob_b, label_b)}
+        if views is not None:  # RLP-UML: + lambda L_M (the rng draws the Gaussian codes)
+            l_m, uml_metrics = rlp.uml_loss(graphdef, params, batch["views"], rng)
+            metrics.update(uml_metrics, **{"uml/loss": l_m, "bradley_terry/loss": loss})
+            loss = loss + config.rlp.uml_weight * l_m
+        return loss, metrics
 
     predict = jax.jit(lambda p, batch: jax.nn.sigmoid(logits_fn(graphdef, p, batch)))
 
@@ -86,10 +96,12 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
     }
     if backbone is not None:  # where the backbone came from (recorded, not a shape)
         identity["backbone"] = config.model.hf_checkpoint or config.init_from
+    if bottleneck is not None:  # RLP-UML's heads are part of the checkpoint
+        identity["bottleneck"] = list(bottleneck)
     return Trainer(
         init_state=lambda: init_train_state(params, tx, config.seed),
         step=make_step(graphdef, tx, loss_fn),
-        data=source.train,
+        data=source.train if views is None else rlp.WithViews(source.train, views),
         identity=identity,
         evaluate=evaluate,
     )

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -21,6 +22,7 @@ def _tiny(config):
     config.demo.sft_steps = 20
     config.demo.preference_steps = 10
     config.demo.policy_steps = 4
+    config.rlp.num_prompts = 50
     return config
 
 
@@ -33,7 +35,17 @@ def demo_run(tmp_path_factory):
 def test_results_json_structure_and_antisymmetry(demo_run):
     workdir, returned = demo_run
     results = json.load(open(os.path.join(workdir, "results.json")))
-    assert results["methods"] == ["sft", *demo.POLICIES]
+    assert results["methods"] == ["sft", *demo.POLICIES, *demo.RLP_POLICIES]
+    # RLP's judges, first and refreshed, scored on pairs from the stage-1 and stage-2 policies.
+    acc = results["judge_accuracy_on_policy"]
+    assert acc["judges"] == [
+        "preference_model",
+        "reward_model",
+        *(f"{name} judge" for name in demo.RLP_POLICIES),
+    ]
+    assert acc["policies"] == ["rlhf", "nash_md", *demo.RLP_POLICIES]
+    assert np.shape(acc["accuracy"]) == (5, 5)
+    assert all(0 <= a <= 1 for row in acc["accuracy"] for a in row)
     n = len(results["methods"])
     for key in ("win_rate", "win_rate_judge"):
         M = np.asarray(results[key])
@@ -53,11 +65,34 @@ def test_finished_stages_are_skipped(demo_run):
     workdir, _ = demo_run
     before = {
         name: os.path.getsize(os.path.join(workdir, name, "metrics.jsonl"))
-        for name in ("sft", "preference_model", *demo.POLICIES)
+        for name in ("sft", "preference_model", *demo.POLICIES, *demo.RLP_POLICIES)
     }
     demo.run(_tiny(demo.demo_config()), workdir, quiet=True)
     after = {name: os.path.getsize(os.path.join(workdir, name, "metrics.jsonl")) for name in before}
     assert after == before
+
+
+def test_seeds_are_whole_pipelines_aggregated(demo_run, tmp_path):
+    """Two seeds through demo.run. Seed 0 is the module's run (seed 0, the same settings): its
+    finished stages, copied to seed_0, are skipped by the pipeline; seed 1 trains from scratch.
+    (Two pipelines from scratch would double this test's minute or so of compiling.)"""
+    source, _ = demo_run
+    for stage in ("sft", "preference_model", "reward_model", "nash_md"):
+        shutil.copytree(os.path.join(source, stage), tmp_path / "seed_0" / stage)
+    copied = os.path.getsize(tmp_path / "seed_0" / "sft" / "metrics.jsonl")
+    config = _tiny(demo.demo_config())
+    config.demo.policies, config.demo.seeds = "nash_md", 2
+    returned = demo.run(config, str(tmp_path), quiet=True)
+    assert os.path.getsize(tmp_path / "seed_0" / "sft" / "metrics.jsonl") == copied
+    results = json.load(open(tmp_path / "results.json"))
+    assert results["win_rate"] == returned["win_rate"] and results["seeds"] == [0, 1]
+    assert config.seed == 0 and config.demo.seeds == 2  # the caller's config is unchanged
+    assert results["methods"] == ["sft", "nash_md"]
+    per_seed = [json.load(open(tmp_path / f"seed_{k}" / "results.json")) for k in range(2)]
+    for key in ("win_rate", "duality_gap", "kl_to_reference", "judge_nash_duality_gap"):
+        assert results[key]["values"] == [r[key] for r in per_seed]
+    assert np.shape(results["win_rate"]["differs_from_half"]) == (2, 2)
+    assert per_seed[0]["duality_gap"] != per_seed[1]["duality_gap"]  # the seed reached them
 
 
 def test_unknown_policy_is_a_clear_error(tmp_path):

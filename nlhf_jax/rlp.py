@@ -1,0 +1,159 @@
+"""RLP, reward learning on policy (ALGORITHMS.md 8; Lang et al., arXiv 2403.19279): the pure parts.
+
+After a first round of RL, the judge (a reward model, or here also a preference model) is
+retrained on samples of the trained policy, without new human labels, in one of two ways:
+
+- **UML** (unsupervised multi-view learning): the judge's loss gets ``lam * L_M``, a multi-view
+  information bottleneck over two policy samples of one prompt. Gaussian codes ``z_i ~ N(mu(v_i),
+  diag(exp(logvar(v_i))))`` are read from the judge's last layer for the views ``v_i = (x, y_i)``;
+  ``L_M = -I(z_1; z_2) + SKL``, with I estimated by the Jensen-Shannon bound
+  (`jsd_mutual_information`) and SKL the mean of the two KL directions between the views' codes
+  (`symmetric_gaussian_kl`).
+- **SPG** (synthetic preference generation): group the n samples of a prompt into equivalent
+  answers; the confidence is the largest group's share; keep the prompt if it is at least gamma;
+  the pair is (the highest-scored member of the largest group, a uniform draw from the other
+  groups), labelled "chosen wins" (`spg_pairs`). Those pairs join the human pairs D.
+
+Equivalence is pluggable (`equivalence_keys`): "exact" (the same tokens), or "task": the
+synthetic task's (quality, style) - the two properties its oracle reads, so two responses with
+equal keys are indistinguishable to it. The paper decides equivalence with bidirectional
+entailment under DeBERTa-large NLI, which cannot be downloaded here; a user plugs one in by
+passing any ``key(prompt_tokens, response_tokens) -> hashable`` function (e.g. the id of the
+entailment cluster a response falls in).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+# --- UML: the multi-view information bottleneck ------------------------------------------------
+
+
+def gaussian_kl(mu1: Array, logvar1: Array, mu2: Array, logvar2: Array) -> Array:
+    """KL(N(mu1, diag e^logvar1) || N(mu2, diag e^logvar2)) per row [b] (summed over dims)."""
+    var1, var2 = jnp.exp(logvar1), jnp.exp(logvar2)
+    per_dim = 0.5 * (logvar2 - logvar1 + (var1 + (mu1 - mu2) ** 2) / var2 - 1.0)
+    return jnp.sum(per_dim, axis=-1)
+
+
+def symmetric_gaussian_kl(mu1: Array, logvar1: Array, mu2: Array, logvar2: Array) -> Array:
+    """The mean of both KL directions per row [b]: zero iff the two codes' laws are equal."""
+    return 0.5 * (gaussian_kl(mu1, logvar1, mu2, logvar2) + gaussian_kl(mu2, logvar2, mu1, logvar1))
+
+
+def jsd_mutual_information(joint_b: Array, marginal_b: Array) -> Array:
+    """The Jensen-Shannon estimate of I(z1; z2) from critic scores (Hjelm et al., Deep InfoMax).
+
+    ``joint_b = T(z1_i, z2_i)`` on matched pairs (one prompt's two views) and
+    ``marginal_b = T(z1_i, z2_j)`` on mismatched ones (a draw from p(z1) p(z2)). The value is
+    ``E_joint[-softplus(-T)] - E_marginal[softplus(T)] + 2 log 2``: for the best critic it is
+    ``2 JSD(p(z1, z2) || p(z1) p(z2))``, which is 0 for independent codes and grows with their
+    dependence (at most 2 log 2). The constant does not change the gradient.
+    """
+    return (
+        jnp.mean(-jax.nn.softplus(-joint_b))
+        - jnp.mean(jax.nn.softplus(marginal_b))
+        + 2.0 * jnp.log(2.0)
+    )
+
+
+def multiview_bottleneck_loss(
+    critic: Callable[[Array, Array], Array],
+    z1: Array,
+    z2: Array,
+    mu1: Array,
+    logvar1: Array,
+    mu2: Array,
+    logvar2: Array,
+) -> tuple[Array, dict]:
+    """``L_M = -I(z1; z2) + mean_b SKL(p(z|v1) || p(z|v2))`` and its two terms.
+
+    Rows of ``z1``/``z2`` [b, k] are the two views of one prompt; the marginal pairs pair each
+    ``z1`` with the next row's ``z2`` (another prompt, the batch being shuffled).
+    """
+    mi = jsd_mutual_information(critic(z1, z2), critic(z1, jnp.roll(z2, 1, axis=0)))
+    skl = jnp.mean(symmetric_gaussian_kl(mu1, logvar1, mu2, logvar2))
+    return -mi + skl, {"uml/mutual_information": mi, "uml/symmetric_kl": skl}
+
+
+# --- SPG: synthetic preference pairs from equivalence groups -----------------------------------
+
+
+def spg_pairs(
+    keys_xn: Sequence[Sequence[Hashable]],
+    scores_xn: np.ndarray,
+    gamma: float,
+    rng: np.random.Generator,
+) -> dict[str, np.ndarray]:
+    """SPG's selection: per prompt, its confidence and, if kept, a chosen and a rejected sample.
+
+    Args:
+      keys_xn: the equivalence key of each of the n samples of each prompt.
+      scores_xn: the first judge's score of each sample (the reward; for a preference model its
+        mean preference over the prompt's other samples): the chosen is the best-scored member
+        of the largest group (ties: the first such sample).
+      gamma: keep a prompt when the largest group's share is at least gamma.
+      rng: draws the rejected sample uniformly from the samples outside the largest group.
+
+    Returns:
+      ``confidence [X]``, ``keep [X]`` (confidence >= gamma and more than one group),
+      ``chosen [X]`` and ``rejected [X]`` sample indices (-1 where not kept). The largest group
+      is the one with most members; a tie goes to the group whose first member comes first.
+    """
+    X = len(keys_xn)
+    confidence = np.zeros(X)
+    keep = np.zeros(X, bool)
+    chosen = np.full(X, -1)
+    rejected = np.full(X, -1)
+    for x, keys in enumerate(keys_xn):
+        n = len(keys)
+        groups: dict[Hashable, list[int]] = {}
+        for i, key in enumerate(keys):
+            groups.setdefault(key, []).append(i)
+        largest = max(groups.values(), key=len)  # dicts keep insertion order: ties -> first
+        confidence[x] = len(largest) / n
+        if confidence[x] < gamma or len(groups) == 1:
+            continue
+        members = np.asarray(largest)
+        others = np.asarray([i for i in range(n) if i not in set(largest)])
+        keep[x] = True
+        chosen[x] = members[int(np.argmax(scores_xn[x, members]))]
+        rejected[x] = others[rng.integers(len(others))]
+    return {"confidence": confidence, "keep": keep, "chosen": chosen, "rejected": rejected}
+
+
+def mean_preference_scores(p_xnn: np.ndarray) -> np.ndarray:
+    """A sample's score under a preference model: its mean P(y_i > y_j) over the prompt's other
+    samples j (the diagonal, P(y > y) = 1/2, is left out)."""
+    n = p_xnn.shape[-1]
+    off = ~np.eye(n, dtype=bool)
+    return np.sum(np.where(off, p_xnn, 0.0), axis=-1) / max(n - 1, 1)
+
+
+def equivalence_keys(
+    kind: str, prompts_xp: np.ndarray, tokens_xnt: np.ndarray, mask_xnt: np.ndarray, task=None
+) -> list[list[Hashable]]:
+    """The key of every sample: "exact" (its tokens) or "task" (the synthetic task's
+    (quality, style); every malformed response is one class, as the oracle cannot tell them
+    apart)."""
+    X, N, T = tokens_xnt.shape
+    if kind == "exact":
+        return [
+            [tuple(tokens_xnt[x, i][mask_xnt[x, i]].tolist()) for i in range(N)] for x in range(X)
+        ]
+    if kind != "task":
+        raise ValueError(f"equivalence {kind!r}: choose 'exact' or 'task'")
+    if task is None or not hasattr(task, "quality_and_style"):
+        raise ValueError("equivalence 'task' needs the synthetic task")
+    prompts = np.repeat(prompts_xp, N, axis=0)
+    quality, style = task.quality_and_style(
+        prompts, tokens_xnt.reshape(X * N, T), mask_xnt.reshape(X * N, T)
+    )
+    pairs = list(zip(np.asarray(quality).tolist(), np.asarray(style).tolist(), strict=True))
+    return [pairs[x * N : (x + 1) * N] for x in range(X)]
