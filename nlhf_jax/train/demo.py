@@ -162,7 +162,10 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str, quiet: bool = 
         stage1 = list(dict.fromkeys(RLP_POLICIES[n][0] for n in refreshed))
         policies = {n: path(n) for n in [*stage1, *refreshed]}
         results["judge_accuracy_on_policy"] = rlp.judge_accuracies(judges, policies, quiet)
-        report.write_json(os.path.join(workdir, "results.json"), results)
+    # The seed every stage was trained with (run.json does not record it).
+    results["config"]["train_seed"] = config.seed
+    results.setdefault("environment", {})["seed"] = config.seed
+    report.write_json(os.path.join(workdir, "results.json"), results)
     return results
 
 
