@@ -31,9 +31,10 @@ SOURCES = {
     "demo": "demo/results.json",
     "benchmark_sampling": "benchmarks/sampling.json",
     "reproduce": "reproduce/results.json",
+    "demo_avx2": "demo_avx2/results.json",
 }
 # A table rendered from another table's results file: NAME -> that file's NAME.
-FILE_OF = {"demo_judges": "demo", "reproduce_judges": "reproduce"}
+FILE_OF = {"demo_rlp": "demo", "reproduce_rlp": "reproduce", "reproduce_pairs": "reproduce"}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
 RESULTS = os.path.join(ROOT, "results")
@@ -159,7 +160,7 @@ def _num(x: float) -> str:
 
 
 @renderer("demo")
-def render_demo(r: dict) -> str:
+def render_demo(r: dict, name: str = "demo") -> str:
     methods, win, reg = r["methods"], r["win_rate"], r["win_rate_regularized"]
     ref = r.get("reference_name", methods[0])
     i_ref = methods.index(ref)
@@ -180,7 +181,7 @@ def render_demo(r: dict) -> str:
     cfg = r.get("config", {})
     lines = [
         _paragraph(
-            f"{source_line('demo', r)} tau = {cfg.get('tau')}; win rates (row beats column) are "
+            f"{source_line(name, r)} tau = {cfg.get('tau')}; win rates (row beats column) are "
             "exact under the true oracle, raw or in the tau-regularized game."
         ),
         "",
@@ -195,26 +196,153 @@ def render_demo(r: dict) -> str:
     return "\n".join(lines)
 
 
-def _judges_table(acc: dict, cell: Callable[[int, int], str]) -> str:
-    header = ["judge \\ pairs sampled from", *acc["policies"]]
-    rows = [
-        [name, *(cell(i, j) for j in range(len(acc["policies"])))]
-        for i, name in enumerate(acc["judges"])
+# RLP run -> (its stage-1 policy, the judge it refreshed): the demo's names (train/demo.py).
+_RLP = {
+    "rlp_uml": ("rlhf", "reward_model"),
+    "rlp_spg": ("rlhf", "reward_model"),
+    "nash_md_rlp": ("nash_md", "preference_model"),
+}
+
+
+def _figure(value, i: int, j: int | None = None, digits: int = 3, mark_half: bool = False):
+    """Entry i (or [i][j]) of a results figure: a plain list/matrix (one seed) or an aggregate
+    (``mean ± halfwidth``, ``*`` where a head-to-head interval excludes 1/2)."""
+    pick = (lambda m: m[i]) if j is None else (lambda m: m[i][j])
+    if not isinstance(value, dict):
+        return f"{pick(value):.{digits}f}"
+    text = f"{pick(value['mean']):.{digits}f}"
+    if value.get("halfwidth") is not None:
+        text += f" ± {pick(value['halfwidth']):.{digits}f}"
+    if mark_half and value.get("differs_from_half") and pick(value["differs_from_half"]):
+        text += " *"
+    return text
+
+
+def render_rlp(name: str, r: dict) -> str:
+    """RLP against the policy it refreshes: the exact game figures, the head to head, and each
+    judge's accuracy on pairs from the stage-1 and the stage-2 policy (RLP's premise)."""
+    methods, acc = r["methods"], r["judge_accuracy_on_policy"]
+    judges, pols = acc["judges"], acc["policies"]
+    header = [
+        "RLP run (vs stage 1)",
+        "duality gap",
+        "KL(pi \\|\\| mu)",
+        "vs stage 1, raw",
+        "vs stage 1, regularized",
+        "first judge on stage-1 pairs",
+        "refreshed judge on stage-1 pairs",
+        "first judge on own pairs",
+        "refreshed judge on own pairs",
     ]
-    return _table(header, rows)
-
-
-@renderer("demo_judges")
-def render_demo_judges(r: dict) -> str:
-    """RLP's premise: each judge's exact accuracy on pairs each trained policy samples."""
-    acc = r["judge_accuracy_on_policy"]
+    rows = []
+    for run, (stage1, first) in _RLP.items():
+        if run not in methods or f"{run} judge" not in judges:
+            continue
+        i, j = methods.index(run), methods.index(stage1)
+        fj, rj = judges.index(first), judges.index(f"{run} judge")
+        s1, own = pols.index(stage1), pols.index(run)
+        rows.append(
+            [
+                f"{run} ({stage1})",
+                f"{_figure(r['duality_gap'], i)} ({_figure(r['duality_gap'], j)})",
+                f"{_figure(r['kl_to_reference'], i)} ({_figure(r['kl_to_reference'], j)})",
+                _figure(r["win_rate"], i, j, mark_half=True),
+                _figure(r["win_rate_regularized"], i, j, mark_half=True),
+                _figure(acc["accuracy"], fj, s1),
+                _figure(acc["accuracy"], rj, s1),
+                _figure(acc["accuracy"], fj, own),
+                _figure(acc["accuracy"], rj, own),
+            ]
+        )
+    n = r.get("num_seeds", 1)
+    spread = f"mean ± 95% interval over {n} seeds, `*`: it excludes 1/2; " if n > 1 else ""
     text = (
-        f"{source_line('demo', r)} The exact accuracy of each judge (rows: the first preference "
-        "and reward models, and each RLP run's refreshed judge) on pairs y != y' drawn from each "
-        "policy (columns), labelled by the oracle."
+        f"{source_line(name, r)} {spread}exact, true oracle. Head to head: P(the RLP run beats "
+        "its stage-1 policy). Judge accuracy: how often the judge picks the oracle's winner of "
+        "y != y' drawn from a policy (the first judge: the reward model for RLHF, the preference "
+        "model for Nash-MD; the refreshed one: the RLP run's retrained judge)."
     )
-    table = _judges_table(acc, lambda i, j: f"{acc['accuracy'][i][j]:.3f}")
-    return "\n".join([_paragraph(text), "", table])
+    return "\n".join([_paragraph(text), "", _table(header, rows)])
+
+
+@renderer("demo_avx2")
+def render_demo_avx2(r: dict) -> str:
+    """The demo's table from a run with XLA's CPU code limited to AVX2 (another machine's code)."""
+    return render_demo(r, "demo_avx2")
+
+
+@renderer("demo_rlp")
+def render_demo_rlp(r: dict) -> str:
+    return render_rlp("demo", r)
+
+
+@renderer("reproduce_rlp")
+def render_reproduce_rlp(r: dict) -> str:
+    return render_rlp("reproduce", r)
+
+
+# Paired contrasts README's claims rest on: (a, b) -> the per-seed difference a - b.
+CONTRASTS = [
+    ("rlhf", "sft"),
+    ("best_response", "nash_md"),
+    ("nash_ema", "nash_md"),
+    ("inpo", "nash_md"),
+    ("nash_md", "nash_mp"),
+    ("nash_md", "self_play"),
+    ("rlp_uml", "rlhf"),
+    ("rlp_spg", "rlhf"),
+    ("rlp_spg", "rlp_uml"),
+    ("nash_md_rlp", "nash_md"),
+]
+
+
+def _paired(diffs) -> str:
+    """``mean ± 95% t-interval halfwidth`` of per-seed differences, ``*`` if it excludes 0."""
+    import numpy as np
+    from scipy import stats
+
+    d = np.asarray(diffs, float)
+    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+    mark = " *" if abs(d.mean()) > half else ""
+    return f"{d.mean():+.3f} ± {half:.3f}{mark}"
+
+
+@renderer("reproduce_pairs")
+def render_reproduce_pairs(r: dict) -> str:
+    """Seed-paired differences (a - b within each seed, then the interval over seeds): tighter
+    than comparing two intervals, since both methods of a seed share its SFT policy and judges."""
+    import numpy as np
+
+    m = r["methods"]
+    gap = np.asarray(r["duality_gap"]["values"])
+    kl = np.asarray(r["kl_to_reference"]["values"])
+    rows = [
+        [f"{a} - {b}", _paired(gap[:, m.index(a)] - gap[:, m.index(b)]),
+         _paired(kl[:, m.index(a)] - kl[:, m.index(b)])]
+        for a, b in CONTRASTS
+        if a in m and b in m
+    ]  # fmt: skip
+    acc = r.get("judge_accuracy_on_policy")
+    judge_rows = []
+    if acc:
+        values = np.asarray(acc["accuracy"]["values"])
+        J, P = acc["judges"], acc["policies"]
+        for run, (stage1, first) in _RLP.items():
+            if f"{run} judge" in J:
+                rj, fj = J.index(f"{run} judge"), J.index(first)
+                judge_rows.append(
+                    [run, _paired(values[:, rj, P.index(stage1)] - values[:, fj, P.index(stage1)]),
+                     _paired(values[:, rj, P.index(run)] - values[:, fj, P.index(run)])]
+                )  # fmt: skip
+    text = (
+        f"{source_line('reproduce', r)} Differences within each seed, then the mean ± 95% "
+        f"interval over the {r.get('num_seeds')} seeds; `*`: the interval excludes 0."
+    )
+    lines = [_paragraph(text), "", _table(["a - b", "duality gap", "KL(pi \\|\\| mu)"], rows)]
+    if judge_rows:
+        header = ["RLP run", "refreshed - first judge, stage-1 pairs", "the same, own pairs"]
+        lines += ["", _table(header, judge_rows)]
+    return "\n".join(lines)
 
 
 @renderer("reproduce")
@@ -227,23 +355,6 @@ def render_reproduce(r: dict) -> str:
         "(its own SFT, preference and reward models, policies and RLP refreshes)."
     )
     return "\n".join([_paragraph(text), "", seeds.table(r)])
-
-
-@renderer("reproduce_judges")
-def render_reproduce_judges(r: dict) -> str:
-    """RLP's judges' accuracy on each policy's pairs, mean ± 95% interval over seeds."""
-    acc = r["judge_accuracy_on_policy"]
-    stat = acc["accuracy"]
-
-    def cell(i, j):
-        mean, half = stat["mean"][i][j], (stat.get("halfwidth") or [[None]])[i][j]
-        return f"{mean:.3f}" if half is None else f"{mean:.3f} ± {half:.3f}"
-
-    text = (
-        f"{source_line('reproduce', r)} Each judge's exact accuracy on pairs drawn from each "
-        f"policy, mean ± 95% interval over {r.get('num_seeds')} seeds."
-    )
-    return "\n".join([_paragraph(text), "", _judges_table(acc, cell)])
 
 
 # --- benchmark_sampling: python benchmarks/sampling.py -> runs/benchmarks/sampling.json ------

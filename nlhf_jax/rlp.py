@@ -18,12 +18,13 @@ Equivalence is pluggable (`equivalence_keys`): "exact" (the same tokens), or "ta
 synthetic task's (quality, style) - the two properties its oracle reads, so two responses with
 equal keys are indistinguishable to it. The paper decides equivalence with bidirectional
 entailment under DeBERTa-large NLI, which cannot be downloaded here; a user plugs one in by
-passing any ``key(prompt_tokens, response_tokens) -> hashable`` function (e.g. the id of the
-entailment cluster a response falls in).
+naming any ``key(prompt_ids, response_ids) -> hashable`` function as ``module:function`` (e.g.
+one that decodes the ids and returns the entailment cluster a response falls in).
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Hashable, Sequence
 
 import jax
@@ -137,18 +138,27 @@ def mean_preference_scores(p_xnn: np.ndarray) -> np.ndarray:
 
 
 def equivalence_keys(
-    kind: str, prompts_xp: np.ndarray, tokens_xnt: np.ndarray, mask_xnt: np.ndarray, task=None
+    kind, prompts_xp: np.ndarray, tokens_xnt: np.ndarray, mask_xnt: np.ndarray, task=None
 ) -> list[list[Hashable]]:
-    """The key of every sample: "exact" (its tokens) or "task" (the synthetic task's
+    """The key of every sample: "exact" (its tokens), "task" (the synthetic task's
     (quality, style); every malformed response is one class, as the oracle cannot tell them
-    apart)."""
+    apart), "package.module:function" or a callable ``key(prompt_ids, response_ids) ->
+    hashable`` (e.g. an NLI model's entailment cluster), called once per sample."""
     X, N, T = tokens_xnt.shape
+    if isinstance(kind, str) and ":" in kind:
+        module, _, name = kind.partition(":")
+        kind = getattr(importlib.import_module(module), name)
+    if callable(kind):
+        return [
+            [kind(prompts_xp[x], tokens_xnt[x, i][mask_xnt[x, i]]) for i in range(N)]
+            for x in range(X)
+        ]
     if kind == "exact":
         return [
             [tuple(tokens_xnt[x, i][mask_xnt[x, i]].tolist()) for i in range(N)] for x in range(X)
         ]
     if kind != "task":
-        raise ValueError(f"equivalence {kind!r}: choose 'exact' or 'task'")
+        raise ValueError(f"equivalence {kind!r}: 'exact', 'task' or 'module:function'")
     if task is None or not hasattr(task, "quality_and_style"):
         raise ValueError("equivalence 'task' needs the synthetic task")
     prompts = np.repeat(prompts_xp, N, axis=0)

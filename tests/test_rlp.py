@@ -140,3 +140,16 @@ def test_task_equivalence_groups_exactly_what_the_oracle_cannot_tell_apart():
 def test_mean_preference_scores_leave_out_the_diagonal():
     p = np.array([[[0.5, 0.9, 0.7], [0.1, 0.5, 0.2], [0.3, 0.8, 0.5]]])
     np.testing.assert_allclose(rlp.mean_preference_scores(p), [[0.8, 0.15, 0.55]])
+
+
+def test_a_user_key_function_groups_by_its_key():
+    prompts = np.array([[1, 4], [1, 5]])
+    tokens = np.array([[[7, 2, 0], [8, 2, 0], [7, 9, 2]], [[7, 2, 0], [7, 2, 0], [9, 9, 2]]])
+    mask = tokens != 0
+    by_first = lambda prompt, response: int(response[0])  # "same meaning": same first token
+    keys = rlp.equivalence_keys(by_first, prompts, tokens, mask)
+    assert keys == [[7, 8, 7], [7, 7, 9]]
+    # By name, as config.rlp.equivalence takes it: array_equal(prompt, response) is False for
+    # every sample here, so each prompt's samples form one group.
+    named = rlp.equivalence_keys("numpy:array_equal", prompts, tokens, mask)
+    assert named == [[False] * 3, [False] * 3]

@@ -219,7 +219,7 @@ def table(aggregated: dict) -> str:
     n = aggregated.get("num_seeds", 1)
     if n > 1:
         lines.append(
-            f"\nmean ± halfwidth of the 95% Student-t interval over {n} seeds; `*`: the "
+            f"\nmean ± halfwidth of the 95% Student-t interval over {n} seeds;\n`*`: the "
             "interval excludes 1/2 (one of the two methods wins over seeds)."
         )
     else:

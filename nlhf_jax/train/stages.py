@@ -17,8 +17,9 @@ SHARED_KEYS = ("seed", "batch_size", "log_every", "tau", "task", "model", "mesh"
 
 
 def stage_config(config, method: str, num_steps: int, **overrides) -> ml_collections.ConfigDict:
-    """The config of one stage: ``method``'s defaults, the job's shared keys and data directory,
-    ``num_steps`` with 6 evaluations and one checkpoint at the end, and ``overrides``
+    """The config of one stage: ``method``'s defaults, the job's shared keys and data settings,
+    ``num_steps`` with 6 evaluations (and train-metric lines) and one checkpoint at the end, and
+    ``overrides``
     (``learning_rate`` goes to the optimizer)."""
     c = base_config(method)
     for key in SHARED_KEYS:
@@ -27,6 +28,8 @@ def stage_config(config, method: str, num_steps: int, **overrides) -> ml_collect
         c.data[key] = config.data[key]
     c.num_steps = num_steps
     c.eval_every = max(num_steps // 6, 1)
+    # Train metrics at most as often as evaluations: a stage's console fits on a screen.
+    c.log_every = max(config.log_every, c.eval_every)
     c.checkpoint_every = num_steps
     for key, value in overrides.items():
         if key == "learning_rate":
