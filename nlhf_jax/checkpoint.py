@@ -28,6 +28,7 @@ from flax import nnx
 
 from nlhf_jax.errors import MissingInput, UserError
 from nlhf_jax.models import RopeScaling, Transformer, TransformerConfig
+from nlhf_jax.models.config import EXECUTION_FIELDS
 
 RUN_FILE = "run.json"
 TOKENIZER_DIR = "tokenizer"
@@ -42,6 +43,16 @@ def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
         elif a != b:
             out.append(f"{prefix}{key}: {a!r} in the checkpoint, {b!r} now")
     return out
+
+
+def _comparable(identity: dict) -> dict:
+    """The identity without the model's execution fields (``EXECUTION_FIELDS``: attention kernel,
+    rematerialization): they change no parameter, so a run may resume with other ones, and a
+    run.json written before they existed still matches."""
+    model = identity.get("model")
+    if not isinstance(model, dict):
+        return identity
+    return {**identity, "model": {k: v for k, v in model.items() if k not in EXECUTION_FIELDS}}
 
 
 class Checkpoints:
@@ -66,7 +77,7 @@ class Checkpoints:
         if os.path.exists(run_file) and has_checkpoint:
             with open(run_file) as f:
                 previous = json.load(f)
-            differences = _diff(previous, identity)
+            differences = _diff(_comparable(previous), _comparable(identity))
             if differences:
                 raise UserError(
                     f"{workdir} holds a checkpoint of another run; refusing to touch it. "

@@ -30,6 +30,7 @@ SOURCES = {
     "tabular": "tabular/results.json",
     "demo": "demo/results.json",
     "benchmark_sampling": "benchmarks/sampling.json",
+    "benchmark_train_step": "benchmarks/train_step.json",
     "reproduce": "reproduce/results.json",
     "demo_avx2": "demo_avx2/results.json",
 }
@@ -358,6 +359,38 @@ def render_reproduce(r: dict) -> str:
 
 
 # --- benchmark_sampling: python benchmarks/sampling.py -> runs/benchmarks/sampling.json ------
+
+
+@renderer("benchmark_train_step")
+def render_benchmark_train_step(r: dict) -> str:
+    """``python benchmarks/train_step.py``: training, decode and the whole Nash-MD-PG step."""
+    s, dev = r["settings"], r["device"]
+    mfu = lambda x: "n/a" if x is None else f"{100 * x:.1f}%"
+    rows = [
+        [f"train forward + backward, seq {t['seq']}", str(t["batch"]),
+         f"{t['tokens_per_s']:,.0f} tok/s", f"{t['flops_per_s'] / 1e12:.3f}", mfu(t["mfu"])]
+        for t in r["train"]
+    ]  # fmt: skip
+    for d in r["decode"]:
+        for kind in ("policy", "mixture"):
+            rows.append(
+                [f"{kind} decode, prompt {s['prompt']} + {d['new_tokens']} new", str(d["batch"]),
+                 f"{d[kind]['tokens_per_s']:,.0f} tok/s", "", mfu(d[kind]["mbu"]) + " (MBU)"]
+            )  # fmt: skip
+    for n in r["nash"]:
+        rows.append(
+            [f"Nash-MD-PG step, prompt {n['prompt']} + {n['new_tokens']} new", str(n["batch"]),
+             f"{n['pairs_per_s']:,.1f} pairs/s ({n['seconds']:.3f} s/step)",
+             f"{n['flops_per_s'] / 1e12:.3f}", mfu(n["mfu"])]
+        )  # fmt: skip
+    text = (
+        f"{source_line('benchmark_train_step', r)} Preset `{s['preset']}`, attention "
+        f"`{s['attention']}`, remat `{s['remat']}`, on {dev['kind']}; the median of "
+        f"{s['repeats']} timed calls after a warm-up. FLOPs: {r['formulas']['train_flops']}; "
+        "MFU and MBU need the device's published peak (unknown for a CPU: n/a)."
+    )
+    table = _table(["part", "batch", "throughput", "TFLOP/s", "MFU"], rows)
+    return "\n".join([_paragraph(text), "", table])
 
 
 @renderer("benchmark_sampling")

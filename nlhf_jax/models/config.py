@@ -9,6 +9,11 @@ import jax.numpy as jnp
 # The logical axis names every parameter is annotated with. `nlhf_jax.parallel` maps them to mesh
 # axes; keep this list and its rules in sync.
 LOGICAL_AXES = ("layers", "vocab", "embed", "heads", "kv_heads", "head_dim", "mlp")
+ATTENTION_IMPLEMENTATIONS = ("einsum", "dot_product")
+REMAT_POLICIES = ("none", "full", "dots")
+# Fields that choose how the model is computed, not which function or parameters it has: a run
+# may change them when it resumes (see `nlhf_jax.checkpoint.Checkpoints`).
+EXECUTION_FIELDS = ("attention", "remat")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +57,15 @@ class TransformerConfig:
       max_position_embeddings: the longest context the checkpoint is meant for (informational,
         written back on HF export).
       init_std: standard deviation of the normal initializer of every matrix.
+      attention: how attention is computed (not what: both give the same function). "einsum":
+        the reference implementation in `transformer.py`, what every published figure used;
+        "dot_product": `jax.nn.dot_product_attention` with `implementation=None` (the backend
+        chooses; in jax 0.10 that is always XLA's own kernel, a fused one may come later).
+      remat: rematerialization of each decoder block in the backward pass, trading compute for
+        activation memory. "none": keep every activation; "full": keep only each block's input
+        (`jax.checkpoint`); "dots": keep the outputs of matmuls without batch dimensions (the
+        projections), recompute the rest (`dots_with_no_batch_dims_saveable`). No effect
+        without differentiation (sampling, evaluation).
     """
 
     vocab_size: int
@@ -70,8 +84,16 @@ class TransformerConfig:
     dtype: str = "float32"
     max_position_embeddings: int = 2048
     init_std: float = 0.02
+    attention: str = "einsum"
+    remat: str = "none"
 
     def __post_init__(self):
+        if self.attention not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(
+                f"attention={self.attention!r}: choose one of {ATTENTION_IMPLEMENTATIONS}"
+            )
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat={self.remat!r}: choose one of {REMAT_POLICIES}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}"

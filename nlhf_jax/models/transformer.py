@@ -131,6 +131,45 @@ def apply_rope(x_btnh: Array, positions_bt: Array, inv_freq_h: Array) -> Array:
     return x_btnh * cos + jnp.concatenate([-x2, x1], axis=-1) * sin
 
 
+def einsum_attention(q_btnh: Array, k_bskh: Array, v_bskh: Array, mask_bts: Array) -> Array:
+    """The reference attention [b, t, heads, head_dim]: float32 scores and softmax, probabilities
+    cast to the compute dtype (q's) for the value product. Query head n reads kv head
+    n // (heads // kv_heads), as HF's repeat_kv does. `mask_bts`: query t may read key slot s; a
+    query with no key left gets uniform weights (finite garbage, as at padding positions)."""
+    b, t, n, h = q_btnh.shape
+    kv, dt = k_bskh.shape[2], q_btnh.dtype
+    q_btkgh = q_btnh.reshape(b, t, kv, n // kv, h)
+    scores = jnp.einsum(
+        "btkgh,bskh->bkgts", q_btkgh, k_bskh, preferred_element_type=jnp.float32
+    ) * (h**-0.5)
+    scores = jnp.where(mask_bts[:, None, None], scores, _NEG_INF)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+    out = jnp.einsum("bkgts,bskh->btkgh", probs, v_bskh)
+    return out.reshape(b, t, n, h)
+
+
+def dot_product_attention(q_btnh: Array, k_bskh: Array, v_bskh: Array, mask_bts: Array) -> Array:
+    """`jax.nn.dot_product_attention` with the same mask, scale and grouping as the reference.
+
+    `implementation=None` lets JAX choose the kernel. Its XLA kernel also takes the softmax in
+    float32 and fills masked scores with a large finite negative (-0.7 * float32 max; the
+    reference uses the float32 min), so fully masked queries get the same uniform weights."""
+    h = q_btnh.shape[-1]
+    mask_b1ts = mask_bts[:, None]  # Broadcast over heads.
+    return jax.nn.dot_product_attention(
+        q_btnh, k_bskh, v_bskh, mask=mask_b1ts, scale=h**-0.5, implementation=None
+    )
+
+
+# config.attention -> (q_btnh, k_bskh, v_bskh, mask_bts) -> out_btnh, all in the compute dtype.
+ATTENTION = {"einsum": einsum_attention, "dot_product": dot_product_attention}
+
+# config.remat -> the jax.checkpoint policy of each block (None: save nothing but the inputs).
+CHECKPOINT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
 # (k_btkh, v_btkh) -> (keys_bskh, values_bskh, carry): where a layer's new keys go (a cache or not).
 KVUpdate = Callable[[Array, Array], tuple[Array, Array, object]]
 
@@ -177,17 +216,8 @@ class Attention(nnx.Module):
         q = apply_rope(q, positions_bt, inv_freq_h)
         k = apply_rope(k, positions_bt, inv_freq_h)
         keys_bskh, values_bskh, carry = kv_update(k, v)
-        b, t = x_btd.shape[:2]
-        group = c.num_heads // c.num_kv_heads
-        # Query head n uses kv head n // group, as HF's repeat_kv does.
-        q_btkgh = q.reshape(b, t, c.num_kv_heads, group, c.head_dim)
-        scores = jnp.einsum(
-            "btkgh,bskh->bkgts", q_btkgh, keys_bskh.astype(dt), preferred_element_type=jnp.float32
-        ) * (c.head_dim**-0.5)
-        scores = jnp.where(mask_bts[:, None, None], scores, _NEG_INF)
-        probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-        out = jnp.einsum("bkgts,bskh->btkgh", probs, values_bskh.astype(dt))
-        out = out.reshape(b, t, c.num_heads, c.head_dim)
+        attend = ATTENTION[c.attention]
+        out = attend(q, keys_bskh.astype(dt), values_bskh.astype(dt), mask_bts)
         return jnp.einsum("btnh,nhd->btd", out, self.o_proj[...].astype(dt)), carry
 
 
@@ -282,10 +312,7 @@ class Transformer(nnx.Module):
 
         layer_def, layer_state = nnx.split(self.layers)
 
-        def body(carry, xs):
-            x_btd, (k_cache, v_cache) = carry
-            i, state = xs
-
+        def run_block(x_btd, k_cache, v_cache, i, state):
             def kv_update(k_btkh, v_btkh):
                 if k_cache is None:
                     return k_btkh, v_btkh, (None, None)
@@ -296,7 +323,20 @@ class Transformer(nnx.Module):
                 return kc[i], vc[i], (kc, vc)
 
             block = nnx.merge(layer_def, state)
-            x_btd, kv = block(x_btd, positions_bt, inv_freq_h, mask_bts, kv_update)
+            return block(x_btd, positions_bt, inv_freq_h, mask_bts, kv_update)
+
+        if cache is None and c.remat != "none":
+            # On the split state, so plain jax.checkpoint (nnx.remat would re-split the block).
+            # prevent_cse=False: inside scan the loop already keeps XLA from merging the
+            # recomputation into the forward pass (jax.checkpoint's docstring).
+            run_block = jax.checkpoint(
+                run_block, prevent_cse=False, policy=CHECKPOINT_POLICIES[c.remat]
+            )
+
+        def body(carry, xs):
+            x_btd, (k_cache, v_cache) = carry
+            i, state = xs
+            x_btd, kv = run_block(x_btd, k_cache, v_cache, i, state)
             return (x_btd, kv), None
 
         xs = (jnp.arange(c.num_layers), layer_state)

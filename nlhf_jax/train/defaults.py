@@ -84,6 +84,10 @@ def base_config(method: str) -> ml_collections.ConfigDict:
             num_kv_heads=2,
             head_dim=16,
             mlp_dim=192,
+            # How, not what (any value gives the same model; TransformerConfig's docstring):
+            # "einsum" (the reference) or "dot_product" (jax.nn.dot_product_attention).
+            attention="einsum",
+            remat="none",  # per-block rematerialization: "none", "full" or "dots"
         )
     )
     c.optimizer = ml_collections.ConfigDict(
