@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from nlhf_jax import provenance, readme
+from nlhf_jax import provenance, readme, tables
 from nlhf_jax.errors import exit_on_user_error
 
 
@@ -69,9 +69,9 @@ def test_demo_table_takes_any_methods_and_drops_nash_md_columns_without_it():
             "config": {"tau": 0.1},
         }
 
-    with_rlp = readme.render_demo(results(["sft", "nash_md", "rlp_a", "rlp_b"]))
+    with_rlp = tables.render_demo(results(["sft", "nash_md", "rlp_a", "rlp_b"]))
     assert "| rlp_b | 0.100 | 0.300 | 0.500 | 0.500 | 0.500 |" in with_rlp
-    without = readme.render_demo(results(["sft", "rlhf"]))
+    without = tables.render_demo(results(["sft", "rlhf"]))
     assert "vs nash_md" not in without and "| rlhf | **0.100** | 0.300 | 0.500 |" in without
 
 

@@ -54,3 +54,11 @@ class Bottleneck(nnx.Module):
     def critic(self, z1: Array, z2: Array) -> Array:
         """T(z1, z2) [b]."""
         return self.critic_mlp(jnp.concatenate([z1, z2], axis=-1))[:, 0]
+
+
+def bottleneck_heads(d_model: int, sizes, rngs: nnx.Rngs) -> Bottleneck | None:
+    """RLP-UML's heads for a judge, ``sizes = (code_dim, hidden)``, or None (trained without)."""
+    if not sizes:
+        return None
+    code_dim, hidden = sizes
+    return Bottleneck(d_model, code_dim, hidden, rngs=rngs)

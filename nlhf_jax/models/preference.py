@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from nlhf_jax.models.bottleneck import Bottleneck
+from nlhf_jax.models.bottleneck import bottleneck_heads
 from nlhf_jax.models.config import TransformerConfig
 from nlhf_jax.models.transformer import Transformer, positions_from_mask
 
@@ -75,14 +75,6 @@ class ScalarHead(nnx.Module):
 
 def _backbone(config: TransformerConfig, rngs: nnx.Rngs) -> Transformer:
     return Transformer(config.replace(tie_embeddings=True), rngs=rngs)
-
-
-def _bottleneck(config: TransformerConfig, sizes, rngs: nnx.Rngs) -> Bottleneck | None:
-    """RLP-UML's heads, ``sizes = (code_dim, hidden)``, or None (a judge trained without)."""
-    if not sizes:
-        return None
-    code_dim, hidden = sizes
-    return Bottleneck(config.d_model, code_dim, hidden, rngs=rngs)
 
 
 def _last_real_hidden(backbone: Transformer, tokens_bt: Array, mask_bt: Array) -> Array:
@@ -116,7 +108,7 @@ class PreferenceModel(nnx.Module):
         self.backbone = _backbone(config, rngs)
         self.head = ScalarHead(config, rngs=rngs)
         self.sep_id = sep_id
-        self.bottleneck = _bottleneck(config, bottleneck, rngs)
+        self.bottleneck = bottleneck_heads(config.d_model, bottleneck, rngs)
 
     def features(self, prompt_bp, prompt_mask_bp, response_br, response_mask_br) -> Array:
         """The last layer's hidden state [b, d] of one response in context: the input
@@ -189,7 +181,7 @@ class RewardModel(nnx.Module):
     ):
         self.backbone = _backbone(config, rngs)
         self.head = ScalarHead(config, rngs=rngs)
-        self.bottleneck = _bottleneck(config, bottleneck, rngs)
+        self.bottleneck = bottleneck_heads(config.d_model, bottleneck, rngs)
 
     def features(self, prompt_bp, prompt_mask_bp, response_br, response_mask_br) -> Array:
         """The last layer's hidden state [b, d] at the last real token of [prompt, response]."""
