@@ -148,11 +148,7 @@ def _scores(judge, method, prompts_xp, tokens_xnt, mask_xnt, batch: int = 4096) 
 
 def read_samples(samples_dir: str) -> dict[str, np.ndarray]:
     """The sample set as arrays ``[X, N, ...]`` (responses right-padded, with a mask)."""
-    found = [
-        os.path.join(root)
-        for root, _, files in os.walk(samples_dir)
-        if "dataset_info.json" in files
-    ]
+    found = [root for root, _, files in os.walk(samples_dir) if "dataset_info.json" in files]
     if not found:
         raise MissingInput(f"no policy-sample set in {samples_dir}: run the samples stage first")
     source = data.load_source(sorted(found)[-1], "train")
