@@ -47,12 +47,10 @@ from nlhf_jax import provenance
 from nlhf_jax.judges import PreferenceJudge
 from nlhf_jax.models import PreferenceModel, Transformer, forward_full, get_preset
 from nlhf_jax.models.config import TransformerConfig
-from nlhf_jax.sampling import MixtureSampler, PolicySampler, SamplingConfig, decode, prefill
-from nlhf_jax.train import initial
+from nlhf_jax.sampling import SamplingConfig, decode, prefill
 from nlhf_jax.train.defaults import base_config
-from nlhf_jax.train.online import METHODS, Context
-from nlhf_jax.train.online.trainer import _step as online_step
-from nlhf_jax.train.state import init_train_state
+from nlhf_jax.train.online import METHODS
+from nlhf_jax.train.online.trainer import compile_online, policy_context
 
 # (device_kind substring, dense bf16 FLOP/s, HBM bytes/s) of one chip, first match wins (so the
 # more specific names come first). NVIDIA datasheets (H100/H200 SXM, H100 PCIe, A100) and Google
@@ -220,8 +218,10 @@ def bench_decode(config, graphdef, state, ref_state, args, peak_bw):
 
 
 def bench_nash(config, graphdef, state, args, peak_flops):
-    """The online trainer's own jitted step (``trainer._step``) for Nash-MD-PG."""
+    """The online trainer's own sharded step (``trainer.compile_online``) for Nash-MD-PG, on one
+    device."""
     run = base_config("nash_md")
+    run.mesh.num_devices = 1
     judge_model = PreferenceModel(config, sep_id=1, rngs=nnx.Rngs(2))
     # Heads start at zero (an indifferent judge); a random head makes P(y > y') vary.
     judge_model.head.w.set_value(jax.random.normal(jax.random.key(3), (config.d_model,)))
@@ -237,22 +237,16 @@ def bench_nash(config, graphdef, state, args, peak_flops):
         f"{'batch':>6} {'prompt':>6} {'new':>5} {'step s':>8} {'pairs/s':>8} {'gen tok/s':>10} "
         f"{'TFLOP/s':>9} {'MFU':>7}"
     )
-    tx = initial.optimizer(run)
     rows = []
     for b in args.batch:
         for new in args.new:
             settings = SamplingConfig(max_new_tokens=new)
-            ctx = Context(
-                config=run,
-                graphdef=graphdef,
-                reference=state,
-                sample_pi=PolicySampler(graphdef, config, settings),
-                sample_mix=MixtureSampler(graphdef, graphdef, config, settings),
-            )
-            step = online_step(METHODS["nash_md"], ctx, judge, tx, None)
+            ctx = policy_context(run, config, graphdef, state, settings)
+            compiled = compile_online(run, METHODS["nash_md"], ctx, judge)
+            step = compiled.step
             prompt = jax.random.randint(jax.random.key(b), (b, args.prompt), 3, config.vocab_size)
             batch = {"prompt": prompt, "prompt_mask": jnp.ones_like(prompt, bool)}
-            train_state = init_train_state(jax.tree.map(jnp.copy, state), tx, 0)
+            train_state = compiled.init_state()
             start = time.perf_counter()
             train_state, metrics = step(train_state, batch)  # compile; the state is donated
             jax.block_until_ready(metrics)

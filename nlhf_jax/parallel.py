@@ -208,31 +208,70 @@ def batch_sharding(mesh: Mesh, rules: Rules) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(axes))
 
 
-def shard_batch(batch: Mapping[str, Any], sharding: NamedSharding) -> dict[str, jax.Array]:
-    """Puts a host batch (dict of [batch, ...] arrays) on the mesh, split along its first axis.
+def _rows(sharding: NamedSharding) -> tuple[tuple[str, ...], int]:
+    spec = sharding.spec[0] if sharding.spec else None
+    axes = () if spec is None else (spec,) if isinstance(spec, str) else tuple(spec)
+    return axes, math.prod(sharding.mesh.shape[a] for a in axes)
 
-    With several processes each one passes its own rows (global batch / process count) and
-    `jax.make_array_from_process_local_data` assembles the global array.
+
+def shard_batch(batch: Mapping[str, Any], sharding: NamedSharding) -> dict[str, Any]:
+    """Puts a host batch (a dict, possibly nested, of [batch, ...] arrays) on the mesh, split
+    along its first axis.
+
+    Every process passes the same *global* batch (each one's data iterator runs the same seeded
+    stream); each process copies only the rows of its own devices
+    (`jax.make_array_from_callback`), so a run over several processes trains on exactly the
+    batches of a one-process run of the same mesh shape.
 
     Raises:
-      ValueError: if the (global) batch size is not divisible by the batch axes' device count.
+      ValueError: if the batch size is not divisible by the batch axes' device count.
     """
-    spec = sharding.spec[0] if sharding.spec else None
-    axes = () if spec is None else (spec,) if isinstance(spec, str) else spec
-    ways = math.prod(sharding.mesh.shape[a] for a in axes)
-    out = {}
-    for key, local in batch.items():
-        global_rows = np.shape(local)[0] * jax.process_count()
-        if global_rows % ways:
+    axes, ways = _rows(sharding)
+
+    def one(path, rows):
+        rows = np.asarray(rows)
+        if rows.shape[0] % ways:
             raise ValueError(
-                f"batch[{key!r}] has {global_rows} rows in all, not divisible by the {ways} "
-                f"devices of mesh axes {axes}"
+                f"batch{jax.tree_util.keystr(path)} has {rows.shape[0]} rows in all, not "
+                f"divisible by the {ways} devices of mesh axes {axes}"
             )
         if jax.process_count() == 1:
-            out[key] = jax.device_put(local, sharding)
-        else:
-            out[key] = jax.make_array_from_process_local_data(sharding, np.asarray(local))
-    return out
+            return jax.device_put(rows, sharding)
+        return jax.make_array_from_callback(rows.shape, sharding, lambda index: rows[index])
+
+    return jax.tree_util.tree_map_with_path(one, dict(batch))
+
+
+def put(tree: Any, shardings: Any) -> Any:
+    """Places host arrays (or single-device ones) into `shardings`, one process or several.
+
+    With one process this is `jax.device_put`. With several, every process holds the same host
+    value and copies only its own devices' shards into the global array. Arrays that already
+    have their sharding are kept as they are.
+    """
+
+    def one(x, sharding):
+        if isinstance(x, jax.Array) and x.sharding == sharding:
+            return x
+        if jax.process_count() == 1:
+            return jax.device_put(x, sharding)
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(one, tree, shardings)
+
+
+def to_host(tree: Any) -> Any:
+    """The values of (possibly sharded, possibly multi-process) arrays as host numpy arrays.
+
+    Every process gets the whole value: `process_allgather` across processes, a plain
+    `device_get` with one.
+    """
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def jit_sharded(

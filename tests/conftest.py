@@ -3,6 +3,12 @@
 XLA reads XLA_FLAGS when the backend starts, so this runs before any test imports jax's backend.
 ENVIRONMENT.md: sharded steps with collectives dispatched back to back on fake CPU devices can
 deadlock in an all-reduce rendezvous; the timeout turns a hang into a failure in seconds.
+
+The 8 devices are this process's: the backend starts here, and the device count is then taken
+out of XLA_FLAGS, so a `python -m` subprocess of a test sees the one CPU device a user's
+machine has. In-process, a trainer's default mesh (`config.mesh.num_devices = 0`: all devices)
+would be all 8; the configs the tests build default to one device, and the tests of sharding
+ask for more (`config.mesh.num_devices`, `config.mesh.shape`).
 """
 
 import os
@@ -17,6 +23,25 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+
+from nlhf_jax.train import defaults  # noqa: E402
+
+jax.devices()  # Starts the backend with 8 devices ...
+os.environ["XLA_FLAGS"] = " ".join(  # ... and leaves subprocesses with one.
+    f for f in _flags.split() if "xla_force_host_platform_device_count" not in f
+)
+
+_base_config = defaults.base_config
+
+
+def _one_device_config(method):
+    config = _base_config(method)
+    config.mesh.num_devices = 1
+    return config
+
+
+# Before any test module (or nlhf_jax module that builds configs) imports the name.
+defaults.base_config = _one_device_config
 
 
 @pytest.fixture

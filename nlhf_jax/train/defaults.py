@@ -33,10 +33,12 @@ def base_config(method: str) -> ml_collections.ConfigDict:
     c.mp_steps = 10
     c.inpo_eta = 0.3
     c.inpo_round_steps = 100
-    # The device mesh of the online methods' step: nlhf_jax.parallel.MeshConfig (axes
-    # data/fsdp/tensor, their shape, the logical-axis rules) over the first num_devices devices
-    # (0: all of them). Default: all devices data-parallel.
-    c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1), num_devices=0))
+    # The device mesh of every trainer's step (nlhf_jax/train/placement.py):
+    # nlhf_jax.parallel.MeshConfig (axes data/fsdp/tensor, their shape, the logical-axis rules)
+    # over the first num_devices devices (0: all of them, in every process). Default: all
+    # devices data-parallel. device_memory_gb: the memory per device the pre-compile check
+    # allows (0: what the backend reports; CPU reports none, so nothing is checked there).
+    c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1), num_devices=0, device_memory_gb=0.0))
     # Sampling of the online methods' responses (0 / 1.0: off). The losses treat samples as drawn
     # from pi itself, so a temperature or top-k/top-p other than the default makes them
     # approximate. max_new_tokens 0: the task's response length, or data.max_response_len.
@@ -84,10 +86,17 @@ def base_config(method: str) -> ml_collections.ConfigDict:
             num_kv_heads=2,
             head_dim=16,
             mlp_dim=192,
+            # Numerics: compute and parameter dtypes (empty: the preset's; a checkpoint's are
+            # float32). dtype="bfloat16" with param_dtype="float32" computes in bf16 and keeps
+            # float32 master parameters (and float32 Adam moments).
+            dtype="",
+            param_dtype="",
             # How, not what (any value gives the same model; TransformerConfig's docstring):
-            # "einsum" (the reference) or "dot_product" (jax.nn.dot_product_attention).
-            attention="einsum",
-            remat="none",  # per-block rematerialization: "none", "full" or "dots"
+            # "einsum" (the reference) or "dot_product" (jax.nn.dot_product_attention); remat
+            # per block: "none", "full" or "dots". Empty: the preset's (einsum, none). Online
+            # runs inherit the SFT run's model and take these (and dtype) when they are set.
+            attention="",
+            remat="",
         )
     )
     c.optimizer = ml_collections.ConfigDict(

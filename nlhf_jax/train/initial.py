@@ -10,9 +10,11 @@ run kept; its EOS and pad ids are what sampling and batching use.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 
+import jax
 import ml_collections
 import optax
 from flax import nnx
@@ -20,6 +22,7 @@ from flax import nnx
 from nlhf_jax.checkpoint import TOKENIZER_DIR, load_policy
 from nlhf_jax.errors import UserError
 from nlhf_jax.models import Transformer, TransformerConfig, get_preset
+from nlhf_jax.models.config import EXECUTION_FIELDS
 
 SOURCES = ("synthetic", "file")
 
@@ -69,7 +72,8 @@ def text_batch_options(config: ml_collections.ConfigDict, **changes):
 def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> TransformerConfig:
     """The preset's architecture with ``config.model``'s overrides (not a checkpoint's)."""
     skip = ("preset", "hf_checkpoint")
-    overrides = {k: v for k, v in config.model.items() if k not in skip}
+    # An empty string keeps the preset's value (dtype, param_dtype, attention, remat).
+    overrides = {k: v for k, v in config.model.items() if k not in skip and v != ""}
     return get_preset(config.model.preset, **{"vocab_size": vocab_size, **overrides})
 
 
@@ -97,21 +101,56 @@ def tokenizer(config: ml_collections.ConfigDict, vocab_size: int | None = None):
     return tok
 
 
+def on_host() -> contextlib.AbstractContextManager:
+    """Builds models eagerly on the host CPU: the same initial values on every backend, and a
+    model is placed into its shards afterwards (``nlhf_jax.train.placement``) instead of
+    landing whole on one accelerator first."""
+    try:
+        return jax.default_device(jax.local_devices(backend="cpu")[0])
+    except RuntimeError:  # a process started without the CPU backend
+        return contextlib.nullcontext()
+
+
 def checkpoint_model(config: ml_collections.ConfigDict) -> Transformer | None:
-    """The transformer of ``config.model.hf_checkpoint`` (weights included), or None."""
+    """The transformer of ``config.model.hf_checkpoint`` (weights included), or None.
+
+    ``config.model.dtype`` / ``param_dtype``, when set, choose its compute and parameter dtypes
+    (float32 otherwise); ``attention`` and ``remat`` apply as to a preset.
+    """
     if not config.model.hf_checkpoint:
         return None
     from nlhf_jax.models import hf
 
-    return hf.load_pretrained(config.model.hf_checkpoint)
+    m = config.model
+    dtypes = {k: m.get(k) or "float32" for k in ("dtype", "param_dtype")}
+    with on_host():
+        model = hf.load_pretrained(m.hf_checkpoint, **dtypes)
+    return with_execution(model, config)
 
 
-def policy_model(config: ml_collections.ConfigDict, vocab_size: int) -> Transformer:
-    """The SFT run's starting policy: the HF checkpoint, else a fresh preset model."""
-    model = checkpoint_model(config)
-    if model is not None:
+def execution(config: ml_collections.ConfigDict, compute_dtype: bool = False) -> dict:
+    """The ``config.model`` fields set to change how an existing model computes (attention,
+    remat, and with ``compute_dtype`` the compute dtype), for a model that comes from a
+    checkpoint or an earlier run."""
+    fields = (*EXECUTION_FIELDS, "dtype") if compute_dtype else EXECUTION_FIELDS
+    return {k: config.model[k] for k in fields if config.model.get(k)}
+
+
+def with_execution(model, config: ml_collections.ConfigDict):
+    """``model`` computed as ``config.model`` asks (attention kernel, rematerialization):
+    fields that change how, not what, so a checkpoint's weights stay valid."""
+    changes = execution(config)
+    if not changes or all(getattr(model.config, k) == v for k, v in changes.items()):
         return model
-    return Transformer(model_config(config, vocab_size), rngs=nnx.Rngs(config.seed))
+    config = model.config.replace(**changes)
+    graphdef = nnx.split(nnx.eval_shape(lambda: type(model)(config, rngs=nnx.Rngs(0))))[0]
+    return nnx.merge(graphdef, nnx.state(model))
+
+
+def fresh_policy(cfg: TransformerConfig, seed: int) -> Transformer:
+    """A randomly initialized policy of ``cfg`` (built on the host, see ``on_host``)."""
+    with on_host():
+        return Transformer(cfg, rngs=nnx.Rngs(seed))
 
 
 def backbone_state(config: ml_collections.ConfigDict) -> tuple[TransformerConfig, nnx.State]:
@@ -122,5 +161,5 @@ def backbone_state(config: ml_collections.ConfigDict) -> tuple[TransformerConfig
         return model.config, nnx.state(model)
     if config.get("init_from"):
         run = load_policy(config.init_from, "init_from")
-        return run.config, run.params
+        return run.config.replace(**execution(config)), run.params
     return None, None

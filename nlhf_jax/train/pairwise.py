@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from nlhf_jax import parallel
 from nlhf_jax.models import metrics as pm_metrics
 from nlhf_jax.models.preference import (
     PreferenceModel,
@@ -28,7 +29,7 @@ from nlhf_jax.models.preference import (
 from nlhf_jax.train import data_sources, initial, rlp
 from nlhf_jax.train.initial import model_config, optimizer
 from nlhf_jax.train.loop import Trainer
-from nlhf_jax.train.state import init_train_state, make_step
+from nlhf_jax.train.placement import compile_trainer
 
 
 def build(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
@@ -49,17 +50,17 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
         source = data_sources.pairs(config, workdir, vocab_size=vocab_size)
     model_cfg = backbone_cfg or model_config(config, source.vocab_size)
     rngs = nnx.Rngs(config.seed)
-    if kind == "preference_model":
-        model, logits_fn = (
-            PreferenceModel(model_cfg, sep_id=source.sep_id, bottleneck=bottleneck, rngs=rngs),
-            preference_logits,
-        )
-    else:
-        model, logits_fn = RewardModel(model_cfg, bottleneck=bottleneck, rngs=rngs), reward_logits
+    with initial.on_host():  # built on the host, then placed into its shards
+        if kind == "preference_model":
+            model = PreferenceModel(
+                model_cfg, sep_id=source.sep_id, bottleneck=bottleneck, rngs=rngs
+            )
+        else:
+            model = RewardModel(model_cfg, bottleneck=bottleneck, rngs=rngs)
+    logits_fn = preference_logits if kind == "preference_model" else reward_logits
     if backbone is not None:
         load_backbone(model, backbone)
     graphdef, params = nnx.split(model)
-    tx = optimizer(config)
 
     def loss_fn(graphdef, params, batch, rng):
         logit_b = logits_fn(graphdef, params, batch)
@@ -77,10 +78,11 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
 
     def evaluate(state) -> dict:
         out = {}
+        params = parallel.to_host(state.params)
         for name, batches in source.eval_sets().items():
             probs, labels = [], []
             for batch in batches:
-                probs.append(np.asarray(predict(state.params, batch)))
+                probs.append(np.asarray(predict(params, batch)))
                 labels.append(np.asarray(batch["label"]))
             q, p = jnp.asarray(np.concatenate(probs)), jnp.asarray(np.concatenate(labels))
             out[f"{name}/accuracy"] = pm_metrics.pairwise_accuracy(q, p)
@@ -98,9 +100,10 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
         identity["backbone"] = config.model.hf_checkpoint or config.init_from
     if bottleneck is not None:  # RLP-UML's heads are part of the checkpoint
         identity["bottleneck"] = list(bottleneck)
+    compiled = compile_trainer(config, graphdef, params, optimizer(config), loss_fn)
     return Trainer(
-        init_state=lambda: init_train_state(params, tx, config.seed),
-        step=make_step(graphdef, tx, loss_fn),
+        init_state=compiled.init_state,
+        step=compiled.step,
         data=source.train if views is None else rlp.WithViews(source.train, views),
         identity=identity,
         evaluate=evaluate,

@@ -19,15 +19,14 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from nlhf_jax import data, evaluate, losses
+from nlhf_jax import data, evaluate, losses, parallel
 from nlhf_jax.errors import UserError
-from nlhf_jax.models import Transformer
 from nlhf_jax.prompts import PromptSource, text_source
 from nlhf_jax.sampling import PolicySampler, SamplingConfig, score_tokens
 from nlhf_jax.train import initial
 from nlhf_jax.train.data_sources import synthetic_records, task_from_config
 from nlhf_jax.train.loop import Trainer
-from nlhf_jax.train.state import init_train_state, make_step
+from nlhf_jax.train.placement import compile_trainer
 
 TEXTS_PER_EVAL = 4
 
@@ -56,12 +55,12 @@ def build_sft(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
         config.batch_size, task.prompt_len, task.response_len, seed=config.seed
     )
     cfg = initial.model_config(config, task.vocab_size)
-    graphdef, params = nnx.split(Transformer(cfg, rngs=nnx.Rngs(config.seed)))
-    tx = initial.optimizer(config)
+    graphdef, params = nnx.split(initial.fresh_policy(cfg, config.seed))
+    compiled = compile_trainer(config, graphdef, params, initial.optimizer(config), _sft_loss)
     behaviour = np.log(task.behaviour_policy())
 
     def evaluate_fn(state) -> dict:
-        logp = evaluate.enumerated_logprobs(graphdef, state.params, task)
+        logp = evaluate.enumerated_logprobs(graphdef, parallel.to_host(state.params), task)
         pi = np.exp(logp)
         kl = np.sum(np.exp(behaviour) * (behaviour - np.log(np.maximum(pi, 1e-30))), -1)
         return {
@@ -70,8 +69,8 @@ def build_sft(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
         }
 
     return Trainer(
-        init_state=lambda: init_train_state(params, tx, config.seed),
-        step=make_step(graphdef, tx, _sft_loss),
+        init_state=compiled.init_state,
+        step=compiled.step,
         data=data.sft_batches(built.source("train"), options),
         identity={"method": "sft", "model": dataclasses.asdict(cfg), "task": config.task.to_dict()},
         evaluate=evaluate_fn,
@@ -90,9 +89,7 @@ def _build_text_sft(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
         config, vocab_size=model.config.vocab_size if model else config.model.get("vocab_size")
     )
     if model is None:
-        model = Transformer(
-            initial.model_config(config, len(tokenizer)), rngs=nnx.Rngs(config.seed)
-        )
+        model = initial.fresh_policy(initial.model_config(config, len(tokenizer)), config.seed)
     cfg = model.config
     data_dir = d.data_dir or os.path.join(workdir, "data")
     files = {"train": d.train_file, **({"validation": d.eval_file} if d.eval_file else {})}
@@ -103,7 +100,7 @@ def _build_text_sft(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
         raise UserError(f"{d.train_file}: no demonstrations")
     options = initial.text_batch_options(config)
     graphdef, params = nnx.split(model)
-    tx = initial.optimizer(config)
+    compiled = compile_trainer(config, graphdef, params, initial.optimizer(config), _sft_loss)
     eval_source = built.source("validation" if d.eval_file else "train")
     prompts = text_source(
         tokenizer,
@@ -116,8 +113,8 @@ def _build_text_sft(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
         on_error=d.on_error,
     )
     return Trainer(
-        init_state=lambda: init_train_state(params, tx, config.seed),
-        step=make_step(graphdef, tx, _sft_loss),
+        init_state=compiled.init_state,
+        step=compiled.step,
         data=data.sft_batches(built.source("train"), options, tokenizer=tokenizer),
         identity={
             "method": "sft",
@@ -162,13 +159,14 @@ def _text_evaluator(config, graphdef, cfg, tokenizer, prompts: PromptSource, eva
 
     def evaluate_fn(state) -> dict:
         out = {}
+        params = parallel.to_host(state.params)
         if eval_batches:
-            totals = [summed_nll(state.params, b) for b in eval_batches]
+            totals = [summed_nll(params, b) for b in eval_batches]
             out["eval/nll_per_token"] = float(
                 sum(float(t[0]) for t in totals) / sum(float(t[1]) for t in totals)
             )
         x, xm = prompts.eval_prompts
-        y = sampler(state.params, x, xm, jax.random.key(config.seed + 1))
+        y = sampler(params, x, xm, jax.random.key(config.seed + 1))
         out["texts"] = prompts.texts(
             x, xm, np.asarray(y.tokens), np.asarray(y.mask), TEXTS_PER_EVAL
         )

@@ -13,8 +13,6 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from nlhf_jax import parallel
-
 # loss_fn(graphdef, params, batch, rng) -> (scalar loss, metrics dict)
 LossFn = Callable[[nnx.GraphDef, nnx.State, dict, jax.Array], tuple[jax.Array, dict]]
 
@@ -49,8 +47,9 @@ def init_train_state(params: nnx.State, tx: optax.GradientTransformation, seed: 
     )
 
 
-# prepare(state, batch, rng) -> (batch, metrics): work outside the gradient (sampling, judging).
-Prepare = Callable[[TrainState, dict, jax.Array], tuple[dict, dict]]
+# prepare(state, batch, rng, frozen) -> (batch, metrics): work outside the gradient (sampling,
+# judging); `frozen` holds the models it reads and never trains (reference, judge).
+Prepare = Callable[[TrainState, dict, jax.Array, Any], tuple[dict, dict]]
 # after(old_state, new_state) -> new_state: bookkeeping after the update (EMA, re-anchoring).
 After = Callable[[TrainState, TrainState], TrainState]
 
@@ -61,9 +60,9 @@ def make_step(
     loss_fn: LossFn,
     prepare: Prepare | None = None,
     after: After | None = None,
-    shardings: tuple[Any, Any] | None = None,
-) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-    """A pure, jitted ``step(state, batch) -> (state, metrics)`` with the state donated.
+    shardings: tuple[Any, Any, Any] | None = None,
+) -> Callable[[TrainState, dict, Any], tuple[TrainState, dict]]:
+    """A pure, jitted ``step(state, batch, frozen=None) -> (state, metrics)``, state donated.
 
     ``prepare`` runs first, outside the gradient: for the online methods it samples responses
     and judges them (sampling is a ``while_loop``, which reverse-mode AD cannot cross, and no
@@ -71,16 +70,16 @@ def make_step(
     new parameters. Metrics get ``loss`` and ``grad_norm``; the method's own come from
     ``prepare`` and ``loss_fn``. chex checks the loss is a scalar.
 
-    ``shardings = (state_shardings, batch_sharding)`` compiles the step with explicit in/out
-    shardings (see ``state_shardings``); the metrics come back replicated.
+    ``shardings = (state, batch, frozen)`` shardings compile the step with explicit in/out
+    shardings (``nlhf_jax.train.placement`` builds them); the metrics come back replicated.
     """
 
-    def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    def step(state: TrainState, batch: dict, frozen: Any = None) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         prep_metrics = {}
         if prepare is not None:
             k_prep, rng = jax.random.split(rng)
-            batch, prep_metrics = prepare(state, batch, k_prep)
+            batch, prep_metrics = prepare(state, batch, k_prep, frozen)
         grad_fn = jax.value_and_grad(loss_fn, argnums=1, has_aux=True)
         (loss, metrics), grads = grad_fn(graphdef, state.params, batch, rng)
         chex.assert_rank(loss, 0)
@@ -94,17 +93,11 @@ def make_step(
 
     if shardings is None:
         return jax.jit(step, donate_argnums=0)
-    state_sh, batch_sh = shardings
+    state_sh, batch_sh, frozen_sh = shardings
     replicated = NamedSharding(batch_sh.mesh, PartitionSpec())
     return jax.jit(
         step,
-        in_shardings=(state_sh, batch_sh),
+        in_shardings=(state_sh, batch_sh, frozen_sh),
         out_shardings=(state_sh, replicated),
         donate_argnums=0,
     )
-
-
-def state_shardings(init_state: Callable[[], TrainState], mesh, rules) -> Any:
-    """Shardings of a train state: params, their optimizer moments and ``aux`` copies by their
-    logical axes (``parallel.logical_shardings``), the step counter and rng replicated."""
-    return parallel.logical_shardings(jax.eval_shape(init_state), mesh, rules)

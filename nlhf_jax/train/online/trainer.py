@@ -9,22 +9,26 @@ from samples on the source's evaluation prompts, and a few of those samples as t
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from flax import nnx
 
 from nlhf_jax import evaluate, losses, parallel
 from nlhf_jax.checkpoint import load_policy
 from nlhf_jax.errors import UserError
-from nlhf_jax.judges import load_judge
+from nlhf_jax.judges import ModelJudge, load_judge
+from nlhf_jax.models import Transformer
 from nlhf_jax.prompts import PromptSource, synthetic_source, text_source
 from nlhf_jax.sampling import MixtureSampler, PolicySampler, SamplingConfig, score_tokens
 from nlhf_jax.train import initial
 from nlhf_jax.train.data_sources import task_from_config
 from nlhf_jax.train.loop import Trainer
 from nlhf_jax.train.online.base import Context, Method
-from nlhf_jax.train.state import init_train_state, make_step, state_shardings
+from nlhf_jax.train.placement import Compiled, compile_trainer
 
 TEXTS_PER_EVAL = 4  # prompt/response pairs written to the logs at each evaluation
 
@@ -102,29 +106,51 @@ def _judge(config, source: PromptSource, vocab_size: int, extra: dict):
     return load_judge(config.judge, source.task, kinds=("preference_model",), vocab_size=vocab_size)
 
 
-def _step(method: Method, ctx: Context, judge, tx, shardings):
-    """The jitted step: prepare (sample, judge, extra scores) -> loss -> update -> after."""
-    graphdef = ctx.graphdef
+def _frozen(reference, judge, extra: dict) -> dict:
+    """The models the step reads and never trains, as traced arguments (so they are sharded
+    like the policy): the reference, the method's model judges (RLHF's reward model) and the
+    run's judge when it is a model (the synthetic oracle is code, not arrays)."""
+    models = {k: v for k, v in extra.items() if isinstance(v, ModelJudge)}
+    frozen = {"reference": reference, "extra": models}
+    if isinstance(judge, ModelJudge) and not any(judge is m for m in models.values()):
+        frozen["judge"] = judge
+    return frozen
 
-    def prepare(state, batch, rng):
+
+def _bind(ctx: Context, judge, frozen: dict):
+    """The context and judge inside the step, reading the frozen models from ``frozen``."""
+    extra = {**ctx.extra, **frozen["extra"]}
+    if "judge" in frozen:
+        judge = frozen["judge"]
+    else:
+        judge = next((frozen["extra"][k] for k, m in ctx.extra.items() if m is judge), judge)
+    return dataclasses.replace(ctx, reference=frozen["reference"], extra=extra), judge
+
+
+def online_step(method: Method, ctx: Context, judge) -> tuple:
+    """The step's parts, for ``compile_trainer``: ``prepare`` (sample, judge, extra scores;
+    outside the gradient), the loss, and ``after``."""
+
+    def prepare(state, batch, rng, frozen):
+        ctx_t, judge_t = _bind(ctx, judge, frozen)
         k_a, k_b = jax.random.split(rng)
         prompt, mask = batch["prompt"], batch["prompt_mask"]
-        a, b = method.pair(ctx, state, prompt, mask, k_a, k_b)
-        pref = judge(prompt, mask, a.tokens, a.mask, b.tokens, b.mask)
+        a, b = method.pair(ctx_t, state, prompt, mask, k_a, k_b)
+        pref = judge_t(prompt, mask, a.tokens, a.mask, b.tokens, b.mask)
         out = {
             **batch,
             "response_a": a.tokens,
             "response_a_mask": a.mask,
             "response_b": b.tokens,
             "response_b_mask": b.mask,
-            "ref_logp_a": ctx.score(ctx.reference, prompt, mask, a),
+            "ref_logp_a": ctx_t.score(ctx_t.reference, prompt, mask, a),
             "preference": pref,
         }
         if method.scores_b:
-            out["ref_logp_b"] = ctx.score(ctx.reference, prompt, mask, b)
+            out["ref_logp_b"] = ctx_t.score(ctx_t.reference, prompt, mask, b)
         metrics = {"rewards/probabilities": jnp.mean(pref), **_judge_metrics(pref)}
         if method.extra is not None:
-            fields, extra_metrics = method.extra(ctx, state, prompt, mask, a, b)
+            fields, extra_metrics = method.extra(ctx_t, state, prompt, mask, a, b)
             out.update(fields)
             metrics.update(extra_metrics)
         return out, metrics
@@ -148,7 +174,42 @@ def _step(method: Method, ctx: Context, judge, tx, shardings):
     after = None
     if method.after is not None:
         after = lambda old, new: new.replace(aux=method.after(ctx, old, new))
-    return make_step(graphdef, tx, loss_fn, prepare, after, shardings=shardings)
+    return prepare, loss_fn, after
+
+
+def policy_context(
+    config, model_cfg, graphdef, reference, settings: SamplingConfig, extra: dict | None = None
+) -> Context:
+    """The online context of a reference policy (the SFT run's), computed as ``config.model``
+    asks (``dtype``, ``attention``, ``remat``, when set)."""
+    changes = initial.execution(config, compute_dtype=True)
+    cfg = model_cfg.replace(**changes)
+    if changes:
+        graphdef = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))[0]
+    return Context(
+        config=config,
+        graphdef=graphdef,
+        reference=reference,
+        sample_pi=PolicySampler(graphdef, cfg, settings),
+        sample_mix=MixtureSampler(graphdef, graphdef, cfg, settings),
+        extra=extra or {},
+    )
+
+
+def compile_online(config, method: Method, ctx: Context, judge) -> Compiled:
+    """The method's sharded step and state on ``config.mesh`` (``compile_trainer``)."""
+    prepare, loss_fn, after = online_step(method, ctx, judge)
+    return compile_trainer(
+        config,
+        ctx.graphdef,
+        ctx.reference,
+        initial.optimizer(config),
+        loss_fn,
+        prepare=prepare,
+        after=after,
+        aux=method.aux,
+        frozen=_frozen(ctx.reference, judge, ctx.extra),
+    )
 
 
 def build_online(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
@@ -161,48 +222,20 @@ def build_online(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
             "config.init_from is empty: name the SFT run's workdir (the reference policy)"
         )
     sft = load_policy(config.init_from, "init_from")
-    graphdef, reference, cfg = sft.graphdef, sft.params, sft.config
     source = prompt_source(config, workdir, sft)
-    if source.vocab_size > cfg.vocab_size:
+    if source.vocab_size > sft.config.vocab_size:
         raise UserError(
             f"the prompts' vocabulary ({source.vocab_size}) is larger than the SFT policy's "
-            f"({cfg.vocab_size}, {config.init_from})"
+            f"({sft.config.vocab_size}, {config.init_from})"
         )
-    extra = method.setup(config, cfg.vocab_size, source.task) if method.setup else {}
-    judge = _judge(config, source, cfg.vocab_size, extra)
-    tx = initial.optimizer(config)
+    extra = method.setup(config, sft.config.vocab_size, source.task) if method.setup else {}
+    judge = _judge(config, source, sft.config.vocab_size, extra)
     settings = sampling_config(config, source)
-    ctx = Context(
-        config=config,
-        graphdef=graphdef,
-        reference=reference,
-        sample_pi=PolicySampler(graphdef, cfg, settings),
-        sample_mix=MixtureSampler(graphdef, graphdef, cfg, settings),
-        extra=extra,
-    )
-
-    def init_state():
-        # Copies: the step donates the state, and the reference must outlive it.
-        copy = lambda: jax.tree.map(jnp.copy, reference)
-        aux = {k: copy() for k in method.aux} if method.aux else None
-        return init_train_state(copy(), tx, config.seed, aux=aux)
-
-    mesh_settings = config.mesh.to_dict()
-    num_devices = mesh_settings.pop("num_devices", 0)
-    mesh_config = parallel.MeshConfig(**mesh_settings)
-    mesh = parallel.make_mesh(mesh_config, jax.devices()[:num_devices] if num_devices else None)
-    shardings = (
-        state_shardings(init_state, mesh, mesh_config.rules),
-        parallel.batch_sharding(mesh, mesh_config.rules),
-    )
-    jitted = _step(method, ctx, judge, tx, shardings)
-
-    def step(state, batch):
-        return jitted(state, parallel.shard_batch(batch, shardings[1]))
-
+    ctx = policy_context(config, sft.config, sft.graphdef, sft.params, settings, extra)
+    compiled = compile_online(config, method, ctx, judge)
     return Trainer(
-        init_state=lambda: jax.device_put(init_state(), shardings[0]),
-        step=step,
+        init_state=compiled.init_state,
+        step=compiled.step,
         data=source.batches(config.batch_size, config.seed),
         identity={"method": method.name, "model": sft.identity["model"], **source.identity},
         evaluate=_evaluator(config, source, ctx, judge),
@@ -229,7 +262,7 @@ def _evaluator(config, source: PromptSource, ctx: Context, judge):
         return win, y.tokens, y.mask
 
     def evaluate_fn(state) -> dict:
-        params = jax.device_get(state.params)
+        params = parallel.to_host(state.params)
         win, tokens, y_mask = sampled(params, jax.random.key(config.seed + 1))
         out = {}
         if exact is not None:
