@@ -83,7 +83,7 @@ class Checkpoints:
                     f"{workdir} holds a checkpoint of another run; refusing to touch it. "
                     "Use another --workdir. Differences: " + "; ".join(differences)
                 )
-        else:
+        elif jax.process_index() == 0:  # one writer of a multi-process run's files
             tmp = run_file + ".tmp"
             with open(tmp, "w") as f:
                 json.dump(identity, f, indent=2, sort_keys=True)
@@ -118,7 +118,7 @@ class Checkpoints:
                 log(f"checkpoint {step} in {self.directory} does not restore: {reason}")
                 failed.append(step)
                 continue
-            for bad in failed:
+            for bad in failed if jax.process_index() == 0 else ():
                 self._set_aside(bad)
             if failed:
                 self.manager.reload()
@@ -175,7 +175,12 @@ def _read_only(directory: str) -> ocp.CheckpointManager:
     logging.set_verbosity(logging.ERROR)
     try:
         return ocp.CheckpointManager(
-            directory, options=ocp.CheckpointManagerOptions(read_only=True)
+            directory,
+            options=ocp.CheckpointManagerOptions(read_only=True),
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "data": ocp.JsonCheckpointHandler(),
+            },
         )
     finally:
         logging.set_verbosity(previous)
@@ -210,7 +215,14 @@ def load_params(workdir: str, like_params: Any, step: int | None = None) -> Any:
         raise MissingInput(
             f"{workdir} has no checkpoint of step {step}; it has steps {sorted(saved)}"
         )
-    raw = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    # Whole onto this process's first device, whatever mesh saved it: with several processes
+    # each one reads its own copy (a run that starts from this one places them in its shards).
+    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=local),
+        manager.item_metadata(step)["state"],
+    )
+    raw = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
     pure = _unwrap(raw["state"]["params"])
     want = {
         jax.tree_util.keystr(k): v.shape

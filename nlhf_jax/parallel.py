@@ -215,31 +215,46 @@ def _rows(sharding: NamedSharding) -> tuple[tuple[str, ...], int]:
 
 
 def shard_batch(batch: Mapping[str, Any], sharding: NamedSharding) -> dict[str, Any]:
-    """Puts a host batch (a dict, possibly nested, of [batch, ...] arrays) on the mesh, split
-    along its first axis.
+    """Puts this process's rows of a batch (a dict, possibly nested, of [rows, ...] arrays) on
+    the mesh, split along the first axis.
 
-    Every process passes the same *global* batch (each one's data iterator runs the same seeded
-    stream); each process copies only the rows of its own devices
-    (`jax.make_array_from_callback`), so a run over several processes trains on exactly the
-    batches of a one-process run of the same mesh shape.
+    With several processes each one passes its own rows (``nlhf_jax.data`` hands process k rows
+    ``[k b, (k + 1) b)`` of every global batch) and `jax.make_array_from_process_local_data`
+    assembles the global array; the mesh must give process k's devices exactly those rows.
 
     Raises:
-      ValueError: if the batch size is not divisible by the batch axes' device count.
+      ValueError: if the global batch is not divisible by the batch axes' device count, or if
+        the mesh does not give each process a contiguous block of rows in process order.
     """
     axes, ways = _rows(sharding)
 
     def one(path, rows):
         rows = np.asarray(rows)
-        if rows.shape[0] % ways:
+        global_rows = rows.shape[0] * jax.process_count()
+        if global_rows % ways:
             raise ValueError(
-                f"batch{jax.tree_util.keystr(path)} has {rows.shape[0]} rows in all, not "
+                f"batch{jax.tree_util.keystr(path)} has {global_rows} rows in all, not "
                 f"divisible by the {ways} devices of mesh axes {axes}"
             )
         if jax.process_count() == 1:
             return jax.device_put(rows, sharding)
-        return jax.make_array_from_callback(rows.shape, sharding, lambda index: rows[index])
+        _check_process_rows(sharding, global_rows, rows.shape[0])
+        shape = (global_rows, *rows.shape[1:])
+        return jax.make_array_from_process_local_data(sharding, rows, shape)
 
     return jax.tree_util.tree_map_with_path(one, dict(batch))
+
+
+def _check_process_rows(sharding: NamedSharding, global_rows: int, local_rows: int) -> None:
+    held = set()
+    for index in sharding.addressable_devices_indices_map((global_rows,)).values():
+        held.update(range(*index[0].indices(global_rows)))
+    start = jax.process_index() * local_rows
+    if held != set(range(start, start + local_rows)):
+        raise ValueError(
+            f"process {jax.process_index()}'s devices hold batch rows {sorted(held)[:4]}..., not "
+            f"[{start}, {start + local_rows}): build the mesh over jax.devices() in process order"
+        )
 
 
 def put(tree: Any, shardings: Any) -> Any:

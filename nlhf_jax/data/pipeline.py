@@ -1,4 +1,4 @@
-"""grain pipelines: records -> token ids -> truncate -> pad -> shard per host -> shuffle -> batch.
+"""grain pipelines: records -> ids -> truncate -> pad -> shuffle -> this process's rows -> batch.
 
 Batches are dicts of numpy arrays with fixed shapes (so a jitted step compiles once):
   pairs:   prompt [b, P] int32, prompt_mask [b, P] bool, response_a [b, R] int32,
@@ -8,7 +8,9 @@ Batches are dicts of numpy arrays with fixed shapes (so a jitted step compiles o
   prompts: prompt, prompt_mask
 Prompts are LEFT-padded (every prompt ends at column P-1, where generation continues) and
 truncated from the left (the end of a prompt is what the response answers); responses are
-RIGHT-padded and truncated from the right. `b` is the per-host batch size.
+RIGHT-padded and truncated from the right. `b` is this process's share of the batch: the
+global batch size over the number of processes (every process walks the same shuffled global
+stream and reads only its own rows of each batch).
 
 A text field (str or bytes, as tfds data sources return it) is tokenized with the given
 tokenizer; an integer sequence is taken as token ids. The iterator's `get_state()` is
@@ -38,7 +40,7 @@ class BatchOptions:
     """Settings of a batch pipeline.
 
     Attributes:
-      batch_size: examples per batch on this host.
+      batch_size: examples per global batch (each of the P processes gets batch_size / P).
       max_prompt_len: P, the padded prompt length.
       max_response_len: R, the padded response length (unused for prompt-only batches).
       seed: shuffle seed; each epoch gets its own permutation derived from it.
@@ -234,18 +236,24 @@ def _crossed_power_of_two(before: int, after: int) -> bool:
     return before == 0 or before.bit_length() < after.bit_length()
 
 
-def _shard_indices(n: int, process_index: int, process_count: int) -> slice:
-    """This host's share: every process_count-th record, the same number on every host."""
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-    # Equal shards keep hosts in lockstep: a host that ran out of data early would stall the
-    # others in their next collective. The few records dropped are logged.
-    usable = n // process_count * process_count
-    if usable < n:
-        _log.warning(
-            "sharding %d records over %d hosts drops the last %d", n, process_count, n - usable
-        )
-    return slice(process_index, usable, process_count)
+class _ProcessRows(grain.MapDataset):
+    """This process's rows of each global batch: rows ``[k b, (k + 1) b)`` of every
+    ``b * process_count`` consecutive elements of ``parent``, for process k. Random access, so
+    only these rows are ever read and encoded."""
+
+    def __init__(self, parent: grain.MapDataset, local: int, index: int, count: int):
+        super().__init__(parent)
+        self._local, self._index, self._global = local, index, local * count
+        self._length = len(parent) // self._global * local
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return self.slice(i)
+        step, row = divmod(i, self._local)
+        return self._parent[step * self._global + self._index * self._local + row]
 
 
 def _batches(
@@ -268,22 +276,30 @@ def _batches(
 
         process_index, process_count = jax.process_index(), jax.process_count()
 
-    encode = _Encode(kind, options, tokenizer, pad_id, eos_id)
-    # The index is attached before sharding and shuffling, so errors name the source record.
-    dataset = grain.MapDataset.source(source).map_with_index(encode)
-    dataset = dataset.slice(_shard_indices(len(source), process_index, process_count))
-    if len(dataset) < options.batch_size and options.drop_remainder:
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    if options.batch_size % process_count:
         raise ValueError(
-            f"host {process_index} has {len(dataset)} records, fewer than one batch "
-            f"({options.batch_size})"
+            f"batch_size {options.batch_size} is not divisible by the {process_count} processes"
         )
+    encode = _Encode(kind, options, tokenizer, pad_id, eos_id)
+    # The index is attached before shuffling, so errors name the source record.
+    dataset = grain.MapDataset.source(source).map_with_index(encode)
+    if len(dataset) < options.batch_size and options.drop_remainder:
+        raise ValueError(f"{len(dataset)} records, fewer than one batch ({options.batch_size})")
     if options.shuffle:
         dataset = dataset.shuffle(seed=options.seed)  # a new permutation each epoch (reseeded)
     if options.num_epochs != 1:
         dataset = dataset.repeat(options.num_epochs)
+    # Every process walks the same global stream and keeps its rows of each global batch: the
+    # run sees the batches of a one-process run, and the iterator state (batches consumed) is
+    # the same in every process and for any process count, so a checkpoint resumes anywhere.
+    local = options.batch_size // process_count
+    if process_count > 1:
+        dataset = _ProcessRows(dataset, local, process_index, process_count)
     # Batching after repeat lets a batch span an epoch boundary; no record is dropped except
     # at the very end of a finite run (drop_remainder).
-    dataset = dataset.batch(options.batch_size, drop_remainder=options.drop_remainder)
+    dataset = dataset.batch(local, drop_remainder=options.drop_remainder)
     read_options = grain.ReadOptions(
         num_threads=options.num_threads, prefetch_buffer_size=options.prefetch_buffer_size
     )

@@ -8,17 +8,26 @@ exist is an error (the config is locked). Without --config it runs ``nlhf_jax.tr
 ``--config configs/demo.py`` does, which also takes overrides). A user's mistake (a bad file, a
 wrong key or value, a missing run) ends in one ``error:`` line and exit status 2. The libraries'
 logs and warnings are silenced unless ``--verbose`` is given (``nlhf_jax.console``).
+
+Several processes (GPU nodes, TPU hosts): start the same command in each; SLURM, Open MPI and
+TPU pod environments are detected, or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
+JAX_PROCESS_ID (``nlhf_jax.parallel.maybe_initialize_distributed``). Every process reads the
+same batches and places its own rows; process 0 writes metrics, samples and run.json, and orbax
+writes each checkpoint from all of them.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
+import jax
 from absl import app, flags
 from ml_collections import config_flags
 
+from nlhf_jax import parallel
 from nlhf_jax.console import quiet_libraries
-from nlhf_jax.errors import exit_on_user_error
+from nlhf_jax.errors import UserError, exit_on_user_error
 from nlhf_jax.train import demo, loop, methods, rlp
 from nlhf_jax.train.guard import DivergenceGuard
 
@@ -45,8 +54,27 @@ def _parse_flags(argv: list[str]) -> list[str]:
     sys.exit(2)
 
 
+def _build(config, workdir: str) -> loop.Trainer:
+    """The trainer. In a multi-process run every process builds it at once (orbax reads the
+    runs it starts from collectively), and each one but process 0 writes its copy of the
+    tfds datasets under ``DATA_DIR/process_<k>``: the same records, never two writers of one
+    directory."""
+    k = jax.process_index()
+    if k > 0:
+        data_dir = config.data.data_dir or os.path.join(workdir, "data")
+        with config.unlocked():
+            config.data.data_dir = os.path.join(data_dir, f"process_{k}")
+    return methods.build(config, workdir)
+
+
 def _train() -> None:
+    parallel.maybe_initialize_distributed()  # several processes: jax.distributed, before all
     config = _CONFIG.value if _CONFIG.value is not None else demo.demo_config()
+    if jax.process_count() > 1 and config.method in ("demo", "rlp"):
+        raise UserError(
+            f"the {config.method} pipeline runs in one process; under several processes run "
+            "one method's config (python -m nlhf_jax.train --config configs/<method>.py)"
+        )
     if config.method == "demo":
         demo.run(config, _WORKDIR.value or "runs/demo")
         return
@@ -57,7 +85,7 @@ def _train() -> None:
         return
     if not _WORKDIR.value:
         raise app.UsageError("--workdir is required")
-    trainer = methods.build(config, _WORKDIR.value)
+    trainer = _build(config, _WORKDIR.value)
     loop.run(
         trainer,
         _WORKDIR.value,

@@ -206,7 +206,13 @@ def pairs(
             )
             return {
                 name: list(
-                    data.preference_batches(built.source(split), eval_options, tokenizer=tokenizer)
+                    data.preference_batches(  # every process evaluates every pair
+                        built.source(split),
+                        eval_options,
+                        tokenizer=tokenizer,
+                        process_index=0,
+                        process_count=1,
+                    )
                 )
                 for split, name in eval_names.items()
             }

@@ -80,8 +80,12 @@ class MetricsWriter:
         self.tensorboard = os.path.join(workdir, "tensorboard")
         self.quiet = quiet
         self._boards = {}
+        # A multi-process run writes its metrics, samples and console lines from process 0.
+        self.enabled = jax.process_index() == 0
 
     def write(self, step: int, kind: str, metrics: dict) -> None:
+        if not self.enabled:
+            return
         row = {"step": step, "kind": kind, **{k: _to_float(v) for k, v in metrics.items()}}
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
@@ -98,6 +102,8 @@ class MetricsWriter:
     def write_texts(self, step: int, texts: list[dict], show: int = 2) -> None:
         """Sampled prompt/response texts: every one to ``samples.jsonl`` and TensorBoard, the
         first ``show`` to the console."""
+        if not self.enabled:
+            return
         with open(os.path.join(os.path.dirname(self.path), "samples.jsonl"), "a") as f:
             for row in texts:
                 f.write(json.dumps({"step": step, **row}) + "\n")
@@ -200,13 +206,16 @@ def _run_locked(
     ckpt = Checkpoints(
         workdir, trainer.identity, max_to_keep=max_to_keep, async_save=async_checkpoints
     )
-    if trainer.tokenizer is not None:  # after the identity check: never into another run's dir
+    primary = jax.process_index() == 0  # the one writer of files and console lines
+    quiet = quiet or not primary
+    # After the identity check: never into another run's dir.
+    if trainer.tokenizer is not None and primary:
         save_tokenizer(trainer.tokenizer, workdir)
     writer = MetricsWriter(workdir, quiet=quiet)
     state = trainer.init_state()
     say = (lambda line: None) if quiet else (lambda line: print(line, flush=True))
     try:
-        restored = ckpt.restore_latest(state, log=lambda line: print(line, flush=True))
+        restored = ckpt.restore_latest(state, log=lambda line: primary and print(line, flush=True))
     except BaseException:
         ckpt.close()
         writer.close()

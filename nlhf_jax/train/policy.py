@@ -146,7 +146,11 @@ def _text_evaluator(config, graphdef, cfg, tokenizer, prompts: PromptSource, eva
             shuffle=False,
             drop_remainder=False,
         )
-        eval_batches = list(data.sft_batches(eval_source, options, tokenizer=tokenizer))
+        eval_batches = list(  # every process evaluates every demonstration
+            data.sft_batches(
+                eval_source, options, tokenizer=tokenizer, process_index=0, process_count=1
+            )
+        )
 
     @jax.jit
     def summed_nll(params, batch):

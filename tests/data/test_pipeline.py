@@ -144,21 +144,30 @@ def test_resume_yields_exactly_the_uninterrupted_batches():
             np.testing.assert_array_equal(got[key], expected[key])
 
 
-@pytest.mark.parametrize("count", [1, 2, 3])
-def test_host_shards_partition_the_records(count, caplog):
-    records = _token_pairs(12)
-    seen = []
-    for index in range(count):
-        it = _pairs(records, batch_size=2, num_epochs=1, process_index=index, process_count=count)
-        seen.append(sorted(i for batch in it for i in _ids(batch)))
-    assert sorted(i for s in seen for i in s) == list(range(12))  # disjoint and complete
-    assert len({len(s) for s in seen}) == 1
+@pytest.mark.parametrize("count", [2, 3])
+def test_processes_hold_their_rows_of_the_one_process_batches(count):
+    """Process k's batch t is rows [k b, (k + 1) b) of a one-process run's batch t, for every
+    batch of two epochs (shuffled each): the global batches do not depend on the process count,
+    and together the processes read each record exactly once per epoch."""
+    records, b = _token_pairs(12), 2
+    one = _pairs(records, batch_size=b * count, num_epochs=2, process_index=0, process_count=1)
+    parts = [
+        _pairs(records, batch_size=b * count, num_epochs=2, process_index=k, process_count=count)
+        for k in range(count)
+    ]
+    for whole in one:
+        rows = [next(part) for part in parts]
+        for key in whole:
+            np.testing.assert_array_equal(np.concatenate([r[key] for r in rows]), whole[key])
+        assert all(len(r["label"]) == b for r in rows)
+    for part in parts:
+        with pytest.raises(StopIteration):
+            next(part)
 
 
-def test_uneven_shards_drop_and_log_the_remainder(caplog):
-    it = _pairs(_token_pairs(10), batch_size=1, num_epochs=1, process_index=0, process_count=4)
-    assert len(list(it)) == 2
-    assert "drops the last 2" in caplog.text
+def test_a_batch_must_split_evenly_over_the_processes():
+    with pytest.raises(ValueError, match="batch_size 3 is not divisible by the 2 processes"):
+        _pairs(_token_pairs(12), batch_size=3, process_index=0, process_count=2)
 
 
 def test_bad_records_fail_loudly():
