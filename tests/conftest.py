@@ -11,7 +11,10 @@ would be all 8; the configs the tests build default to one device, and the tests
 ask for more (`config.mesh.num_devices`, `config.mesh.shape`).
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
@@ -30,6 +33,18 @@ jax.devices()  # Starts the backend with 8 devices ...
 os.environ["XLA_FLAGS"] = " ".join(  # ... and leaves subprocesses with one.
     f for f in _flags.split() if "xla_force_host_platform_device_count" not in f
 )
+
+# A persistent compilation cache for this session, shared with the tests' subprocesses: many
+# tests build the same trainer (same shapes, same program) and would otherwise compile it
+# again. Fresh per session, so a run never depends on what an earlier one left behind.
+_cache = tempfile.mkdtemp(prefix="nlhf-jax-test-xla-cache-")
+atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+for _name, _value in (
+    ("jax_compilation_cache_dir", _cache),
+    ("jax_persistent_cache_min_compile_time_secs", 0.2),
+):
+    jax.config.update(_name, _value)
+    os.environ[_name.upper()] = str(_value)
 
 _base_config = defaults.base_config
 
