@@ -42,5 +42,8 @@ setup(
             # Golden parity of our transformer against transformers' PyTorch models (CPU build).
             "torch==2.13.0",
         ],
+        # benchmarks/trl_nash_md.py's peer: TRL's NashMDTrainer (removed in trl 1.14), on CPU.
+        # trl imports requests (its vLLM client) without declaring it.
+        "trl": ["torch==2.13.0", "trl==1.13.0", "datasets", "requests"],
     },
 )

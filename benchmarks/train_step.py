@@ -2,7 +2,8 @@
 
     python benchmarks/train_step.py --preset toy [--batch 4,16] [--seq 64,256] [--prompt 32]
         [--new 32,128] [--attention einsum|dot_product] [--remat none|full|dots]
-        [--dtype bfloat16] [--parts train,decode,nash] [--out runs/benchmarks/train_step.json]
+        [--dtype bfloat16] [--param-dtype float32] [--parts train,decode,nash,memory]
+        [--out runs/benchmarks/train_step.json]
 
 Three tables, one device, the preset's shape with random weights:
 
@@ -48,6 +49,7 @@ from nlhf_jax.judges import PreferenceJudge
 from nlhf_jax.models import PreferenceModel, Transformer, forward_full, get_preset
 from nlhf_jax.models.config import TransformerConfig
 from nlhf_jax.sampling import SamplingConfig, decode, prefill
+from nlhf_jax.train import initial
 from nlhf_jax.train.defaults import base_config
 from nlhf_jax.train.online import METHODS
 from nlhf_jax.train.online.trainer import compile_online, policy_context
@@ -290,6 +292,37 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",")]
 
 
+def memory(config, args) -> dict:
+    """What one Nash-MD-PG step holds on one device, counted from shapes (nothing is compiled or
+    allocated): the policy, its Adam moments, the reference, a preference-model judge of the
+    same shape, and the KV caches of the step's three sampling passes (pi's sample, the
+    mixture's policy and reference caches) at the largest batch x (prompt + new). Activations
+    of the backward pass and XLA's buffers come on top; only a compiled step on the device
+    measures those."""
+    run = base_config("nash_md")
+    abstract = lambda make: nnx.state(nnx.eval_shape(lambda: make(nnx.Rngs(0))))
+    policy = abstract(lambda r: Transformer(config, rngs=r))
+    judge = abstract(lambda r: PreferenceModel(config, sep_id=1, rngs=r))
+    parts = {
+        "policy": policy,
+        "adam": jax.eval_shape(initial.optimizer(run).init, policy),
+        "reference": policy,
+        "judge": judge,
+    }
+    size = lambda tree: sum(x.size * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+    out = {name: size(tree) for name, tree in parts.items()}
+    b, length = max(args.batch), args.prompt + max(args.new)
+    per_cache = 2 * config.num_layers * b * length * config.num_kv_heads * config.head_dim
+    out["kv_caches"] = 3 * per_cache * np.dtype(config.dtype).itemsize
+    out["total"] = sum(out.values())
+    print(
+        f"\n[memory] one device, params {config.param_dtype}, compute {config.dtype}, batch {b} "
+        f"x {length} tokens (before activations):"
+    )
+    print("  " + "  ".join(f"{k} {v / 2**30:.2f} GiB" for k, v in out.items()))
+    return {"batch": b, "tokens": length, "bytes": out}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="toy")
@@ -301,6 +334,7 @@ def main() -> None:
     parser.add_argument("--attention", default="einsum", help="einsum or dot_product")
     parser.add_argument("--remat", default="none", help="none, full or dots")
     parser.add_argument("--dtype", default="", help="compute dtype (default: the preset's)")
+    parser.add_argument("--param-dtype", default="", help="parameter (master) dtype")
     parser.add_argument("--parts", default="train,decode,nash")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default="runs/benchmarks/train_step.json", help="JSON file")
@@ -309,7 +343,14 @@ def main() -> None:
     changes = dict(attention=args.attention, remat=args.remat)
     if args.dtype:
         changes["dtype"] = args.dtype
+    if args.param_dtype:
+        changes["param_dtype"] = args.param_dtype
     config = get_preset(args.preset, **changes)
+    parts = args.parts.split(",")
+    if parts == ["memory"]:  # shapes only: no model is built
+        result = {"settings": {**vars(args), "config": dataclasses.asdict(config)}}
+        result["memory"] = memory(config, args)
+        return _write(result, args.out)
     graphdef, state = nnx.split(Transformer(config, rngs=nnx.Rngs(0)))
     _, ref_state = nnx.split(Transformer(config, rngs=nnx.Rngs(1)))
     kind, peak_flops, peak_bw = device_peaks()
@@ -324,7 +365,6 @@ def main() -> None:
         f"peak bf16: {'unknown' if peak_flops is None else f'{peak_flops / 1e12:.0f} TFLOP/s'}  "
         f"peak bandwidth: {'unknown' if peak_bw is None else f'{peak_bw / 1e12:.2f} TB/s'}"
     )
-    parts = args.parts.split(",")
     result = {"settings": {**vars(args), "config": dataclasses.asdict(config)}}
     result["device"] = {
         "kind": kind,
@@ -338,12 +378,18 @@ def main() -> None:
         result["decode"] = bench_decode(config, graphdef, state, ref_state, args, peak_bw)
     if "nash" in parts:
         result["nash"] = bench_nash(config, graphdef, state, args, peak_flops)
-    if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    if "memory" in parts:
+        result["memory"] = memory(config, args)
+    _write(result, args.out)
+
+
+def _write(result: dict, out: str) -> None:
+    if out:
+        os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
         result["environment"] = provenance.environment()
-        with open(args.out, "w") as f:
+        with open(out, "w") as f:
             json.dump(result, f, indent=1, default=lambda x: np.asarray(x).tolist())
-        print(f"wrote {args.out}")
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":
