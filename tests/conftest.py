@@ -34,9 +34,10 @@ os.environ["XLA_FLAGS"] = " ".join(  # ... and leaves subprocesses with one.
     f for f in _flags.split() if "xla_force_host_platform_device_count" not in f
 )
 
-# A persistent compilation cache for this session, shared with the tests' subprocesses: many
-# tests build the same trainer (same shapes, same program) and would otherwise compile it
-# again. Fresh per session, so a run never depends on what an earlier one left behind.
+# A persistent compilation cache for this process and session: many tests build the same
+# trainer (same shapes, same program) and would otherwise compile it again. Fresh per session,
+# so a run never depends on what an earlier one left behind. Not shared with subprocesses:
+# they start other backends (1 or 2 devices, other XLA flags) and must compile for those.
 _cache = tempfile.mkdtemp(prefix="nlhf-jax-test-xla-cache-")
 atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 for _name, _value in (
@@ -44,7 +45,6 @@ for _name, _value in (
     ("jax_persistent_cache_min_compile_time_secs", 0.2),
 ):
     jax.config.update(_name, _value)
-    os.environ[_name.upper()] = str(_value)
 
 _base_config = defaults.base_config
 
