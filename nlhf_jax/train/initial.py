@@ -142,9 +142,12 @@ def with_execution(model, config: ml_collections.ConfigDict):
     changes = execution(config)
     if not changes or all(getattr(model.config, k) == v for k, v in changes.items()):
         return model
-    config = model.config.replace(**changes)
-    graphdef = nnx.split(nnx.eval_shape(lambda: type(model)(config, rngs=nnx.Rngs(0))))[0]
-    return nnx.merge(graphdef, nnx.state(model))
+    return nnx.merge(graphdef_of(model.config.replace(**changes)), nnx.state(model))
+
+
+def graphdef_of(cfg: TransformerConfig) -> nnx.GraphDef:
+    """The graph definition of a transformer of ``cfg`` (traced abstractly: no weights made)."""
+    return nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))[0]
 
 
 def fresh_policy(cfg: TransformerConfig, seed: int) -> Transformer:

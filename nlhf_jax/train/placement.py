@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding
 
 from nlhf_jax import parallel
 from nlhf_jax.errors import UserError
@@ -47,17 +47,9 @@ class Placement:
     def batch(self) -> NamedSharding:
         return parallel.batch_sharding(self.mesh, self.rules)
 
-    @property
-    def replicated(self) -> NamedSharding:
-        return NamedSharding(self.mesh, PartitionSpec())
-
     def shardings(self, tree: Any) -> Any:
         """Shardings of a pytree (arrays or ShapeDtypeStructs) by its Variables' logical axes."""
         return parallel.logical_shardings(tree, self.mesh, self.rules)
-
-    def put(self, tree: Any) -> Any:
-        """``tree`` placed into its shards (``parallel.put``)."""
-        return parallel.put(tree, self.shardings(tree))
 
 
 def placement(config: ml_collections.ConfigDict) -> Placement:
@@ -128,13 +120,11 @@ class Compiled:
     Attributes:
       init_state: ``() -> TrainState`` built into its shards.
       step: ``(state, host_batch) -> (state, metrics)``; the batch is split over the mesh.
-      placement: the mesh and rules.
       frozen: the placed frozen models (what the step reads and never changes).
     """
 
     init_state: Callable[[], Any]
     step: Callable[[Any, dict], tuple[Any, dict]]
-    placement: Placement
     frozen: Any
 
 
@@ -188,6 +178,5 @@ def compile_trainer(
     return Compiled(
         init_state=lambda: init_jit(parallel.put(params, params_sh)),
         step=step,
-        placement=where,
         frozen=placed_frozen,
     )

@@ -15,13 +15,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import nnx
 
 from nlhf_jax import evaluate, losses, parallel
 from nlhf_jax.checkpoint import load_policy
 from nlhf_jax.errors import UserError
 from nlhf_jax.judges import ModelJudge, load_judge
-from nlhf_jax.models import Transformer
 from nlhf_jax.prompts import PromptSource, synthetic_source, text_source
 from nlhf_jax.sampling import MixtureSampler, PolicySampler, SamplingConfig, score_tokens
 from nlhf_jax.train import initial
@@ -185,7 +183,7 @@ def policy_context(
     changes = initial.execution(config, compute_dtype=True)
     cfg = model_cfg.replace(**changes)
     if changes:
-        graphdef = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))[0]
+        graphdef = initial.graphdef_of(cfg)
     return Context(
         config=config,
         graphdef=graphdef,
