@@ -26,7 +26,7 @@ demo: $(STAMP)
 
 # The demo over 5 seeds, each a whole pipeline (its own SFT, judges and policies) in
 # runs/reproduce/seed_<k>; runs/reproduce/results.json holds means and 95% intervals over seeds,
-# and the README's table is printed. Finished seeds and stages are skipped.
+# and the results table is printed. Finished seeds and stages are skipped.
 reproduce: $(STAMP)
 	$(PY) -m nlhf_jax.train --config configs/demo.py --workdir runs/reproduce --config.demo.seeds=5
 
@@ -34,15 +34,15 @@ reproduce: $(STAMP)
 tabular: $(STAMP)
 	$(PY) -m nlhf_jax.tabular --out runs/tabular
 
-# The README's result tables from the runs: copies runs/*/results.json (and the benchmark's
-# runs/benchmarks/sampling.json) into results/ and re-renders every marked table in README.md.
+# The result tables from the runs: copies runs/*/results.json (and the benchmarks') into
+# results/ and re-renders every marked table in README.md and docs/*.md.
 readme: $(STAMP)
 	$(PY) -m nlhf_jax.readme --collect runs
 
-# The text path on the offline text example (README, "The text path"): files and a tiny random
+# The text path on the offline text example (docs/text.md): files and a tiny random
 # Qwen2 -> SFT -> preference and reward models -> Nash-MD and RLHF -> sampled evaluation ->
 # samples -> a Hugging Face export, into data/text and runs/text. Finished stages are skipped.
-TEXT_STAGE = $(PY) -m nlhf_jax.train --config configs/text.py:$(1) --workdir runs/text/$(2)
+TEXT_STAGE = $(PY) -m nlhf_jax.train --config configs/text_example.py:$(1) --workdir runs/text/$(2)
 text: $(STAMP)
 	test -f data/text/task.json || $(PY) -m nlhf_jax.tasks.text --out data/text
 	$(call TEXT_STAGE,sft,sft)

@@ -41,6 +41,8 @@ setup(
             "ruff>=0.6",
             # Golden parity of our transformer against transformers' PyTorch models (CPU build).
             "torch==2.13.0",
+            # A LoRA run's PEFT adapter directory, loaded onto its base by PEFT itself.
+            "peft>=0.13",
         ],
         # benchmarks/trl_nash_md.py's peer: TRL's NashMDTrainer (removed in trl 1.14), on CPU.
         # trl imports requests (its vLLM client) without declaring it.

@@ -45,14 +45,14 @@ import numpy as np
 from flax import nnx
 
 from nlhf_jax import provenance
-from nlhf_jax.judges import PreferenceJudge
+from nlhf_jax.judges import ModelJudge
 from nlhf_jax.models import PreferenceModel, Transformer, forward_full, get_preset
 from nlhf_jax.models.config import TransformerConfig
 from nlhf_jax.sampling import SamplingConfig, decode, prefill
-from nlhf_jax.train import initial
+from nlhf_jax.train import initial, online
 from nlhf_jax.train.defaults import base_config
-from nlhf_jax.train.online import METHODS
-from nlhf_jax.train.online.trainer import compile_online, policy_context
+from nlhf_jax.train.online.trainer import policy_context
+from nlhf_jax.train.step import compile_online
 
 # (device_kind substring, dense bf16 FLOP/s, HBM bytes/s) of one chip, first match wins (so the
 # more specific names come first). NVIDIA datasheets (H100/H200 SXM, H100 PCIe, A100) and Google
@@ -220,14 +220,14 @@ def bench_decode(config, graphdef, state, ref_state, args, peak_bw):
 
 
 def bench_nash(config, graphdef, state, args, peak_flops):
-    """The online trainer's own sharded step (``trainer.compile_online``) for Nash-MD-PG, on one
-    device."""
+    """The online trainer's own sharded step (``nlhf_jax.train.step.compile_online``) for
+    Nash-MD-PG, on one device."""
     run = base_config("nash_md")
     run.mesh.num_devices = 1
     judge_model = PreferenceModel(config, sep_id=1, rngs=nnx.Rngs(2))
     # Heads start at zero (an indifferent judge); a random head makes P(y > y') vary.
     judge_model.head.w.set_value(jax.random.normal(jax.random.key(3), (config.d_model,)))
-    judge = PreferenceJudge(*nnx.split(judge_model))
+    judge = ModelJudge(*nnx.split(judge_model))
     n = matmul_params(config, state)
     n_judge = matmul_params(config.replace(tie_embeddings=True), judge.state)
     print(
@@ -243,8 +243,10 @@ def bench_nash(config, graphdef, state, args, peak_flops):
     for b in args.batch:
         for new in args.new:
             settings = SamplingConfig(max_new_tokens=new)
-            ctx = policy_context(run, config, graphdef, state, settings)
-            compiled = compile_online(run, METHODS["nash_md"], ctx, judge)
+            method = online.get("nash_md")
+            hp = method.hyperparameters(run)
+            ctx = policy_context(run, config, graphdef, state, settings, hp, judge)
+            compiled = compile_online(run, method, ctx)
             step = compiled.step
             prompt = jax.random.randint(jax.random.key(b), (b, args.prompt), 3, config.vocab_size)
             batch = {"prompt": prompt, "prompt_mask": jnp.ones_like(prompt, bool)}

@@ -1,4 +1,4 @@
-"""inpo from the SFT policy (see nlhf_jax/train/online.py).
+"""inpo from the SFT policy (nlhf_jax/train/online/inpo.py).
 
 python -m nlhf_jax.train --config configs/sft.py --workdir runs/sft
 python -m nlhf_jax.train --config configs/inpo.py --workdir runs/inpo --config.init_from=runs/sft

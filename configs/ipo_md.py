@@ -1,4 +1,4 @@
-"""ipo_md from the SFT policy (see nlhf_jax/train/online.py).
+"""ipo_md from the SFT policy (nlhf_jax/train/online/ipo.py).
 
 python -m nlhf_jax.train --config configs/sft.py --workdir runs/sft
 python -m nlhf_jax.train --config configs/ipo_md.py --workdir runs/ipo_md --config.init_from=runs/sft

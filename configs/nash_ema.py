@@ -1,4 +1,4 @@
-"""nash_ema from the SFT policy (see nlhf_jax/train/online.py).
+"""nash_ema from the SFT policy (nlhf_jax/train/online/nash_ema.py).
 
 python -m nlhf_jax.train --config configs/sft.py --workdir runs/sft
 python -m nlhf_jax.train --config configs/nash_ema.py --workdir runs/nash_ema --config.init_from=runs/sft

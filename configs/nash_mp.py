@@ -1,4 +1,4 @@
-"""nash_mp from the SFT policy (see nlhf_jax/train/online.py).
+"""nash_mp from the SFT policy (nlhf_jax/train/online/nash_mp.py).
 
 python -m nlhf_jax.train --config configs/sft.py --workdir runs/sft
 python -m nlhf_jax.train --config configs/nash_mp.py --workdir runs/nash_mp --config.init_from=runs/sft

@@ -1,4 +1,4 @@
-"""online_ipo from the SFT policy (see nlhf_jax/train/online.py).
+"""online_ipo from the SFT policy (nlhf_jax/train/online/ipo.py).
 
 python -m nlhf_jax.train --config configs/sft.py --workdir runs/sft
 python -m nlhf_jax.train --config configs/online_ipo.py --workdir runs/online_ipo --config.init_from=runs/sft

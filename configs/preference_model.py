@@ -2,7 +2,7 @@
 
     python -m nlhf_jax.train --config configs/preference_model.py --workdir runs/preference_model
 
-On your own pairs (README, "Train a preference model on your own data"):
+On your own pairs (docs/text.md, "Train a preference model on your own data"):
 
     python -m nlhf_jax.train --config configs/preference_model.py --workdir runs/my_pm \
         --config.data.source=file --config.data.train_file=pairs.jsonl \

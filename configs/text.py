@@ -1,25 +1,21 @@
-"""The text pipeline: a Hugging Face checkpoint, its tokenizer, your prompts and pairs.
+"""The text pipeline on your own Hugging Face checkpoint, tokenizer and files: one config string
+per stage (``configs/text.py:STAGE``). Nothing is read that you do not name; an input left
+empty is an error naming its key. (The built-in example: configs/text_example.py.)
 
-One file, one stage per config string (``configs/text.py:STAGE``). The defaults point at the
-built-in text example (``python -m nlhf_jax.tasks.text --out data/text``); for your own model and
-data override the paths. Each stage is an ordinary resumable run:
+    python -m nlhf_jax.train --config configs/text.py:sft --workdir runs/my/sft \
+        --config.model.hf_checkpoint=path/to/model --config.data.train_file=demos.jsonl
+    python -m nlhf_jax.train --config configs/text.py:preference_model --workdir runs/my/pm \
+        --config.model.hf_checkpoint=path/to/model --config.data.train_file=pairs.jsonl
+    python -m nlhf_jax.train --config configs/text.py:nash_md --workdir runs/my/nash_md \
+        --config.init_from=runs/my/sft --config.judge=runs/my/pm \
+        --config.data.prompts_file=prompts.jsonl
 
-    python -m nlhf_jax.tasks.text --out data/text
-    python -m nlhf_jax.train --config configs/text.py:sft --workdir runs/text/sft
-    python -m nlhf_jax.train --config configs/text.py:preference_model --workdir runs/text/pm
-    python -m nlhf_jax.train --config configs/text.py:reward_model --workdir runs/text/rm
-    python -m nlhf_jax.train --config configs/text.py:nash_md --workdir runs/text/nash_md
-    python -m nlhf_jax.train --config configs/text.py:rlhf --workdir runs/text/rlhf
-
-Your own: --config.model.hf_checkpoint=DIR (config.json + safetensors + tokenizer),
---config.data.train_file=demos.jsonl (sft) or pairs.jsonl (preference/reward model),
---config.data.prompts_file=prompts.jsonl (online methods), --config.data.chat_template=true.
 STAGE is sft, preference_model, reward_model or any online method (nash_md, nash_ema,
-nash_mp, online_ipo, ipo_md, inpo, rlhf); the online stages start from runs/text/sft and are
-judged by runs/text/pm (rlhf: scored by runs/text/rm) unless overridden.
+nash_mp, online_ipo, ipo_md, inpo, rlhf: its judge is a reward_model run). Set the lengths
+your data needs: --config.data.max_prompt_len, --config.data.max_response_len.
 """
 
-from nlhf_jax.train.text_stages import stage_config
+from nlhf_jax.pipelines.text import stage_config
 
 
 def get_config(stage: str = "sft"):

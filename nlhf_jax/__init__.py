@@ -7,4 +7,10 @@ Sub-packages:
     checkpoint import/export (safetensors) and tokenizers.
 """
 
+import os as _os
+
+# transformers prints an advisory line on import when PyTorch is absent (this library needs it
+# only for the optional parity tests); its own switch silences it.
+_os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
 __version__ = "0.1.0"

@@ -27,8 +27,9 @@ from absl import logging
 from flax import nnx
 
 from nlhf_jax.errors import MissingInput, UserError
-from nlhf_jax.models import RopeScaling, Transformer, TransformerConfig
+from nlhf_jax.models import RopeScaling, Transformer, TransformerConfig, lora
 from nlhf_jax.models.config import EXECUTION_FIELDS
+from nlhf_jax.models.lora import LoRAConfig
 
 RUN_FILE = "run.json"
 TOKENIZER_DIR = "tokenizer"
@@ -52,6 +53,13 @@ def _comparable(identity: dict) -> dict:
     model = identity.get("model")
     if not isinstance(model, dict):
         return identity
+    # A field added to the model since the run was written compares as its default.
+    defaults = {
+        f.name: f.default
+        for f in dataclasses.fields(TransformerConfig)
+        if f.default is not dataclasses.MISSING
+    }
+    model = {**defaults, **model}
     return {**identity, "model": {k: v for k, v in model.items() if k not in EXECUTION_FIELDS}}
 
 
@@ -252,6 +260,8 @@ def transformer_config(fields: dict) -> TransformerConfig:
     fields = dict(fields)
     if fields.get("rope_scaling") is not None:
         fields["rope_scaling"] = RopeScaling(**fields["rope_scaling"])
+    if fields.get("lora") is not None:
+        fields["lora"] = LoRAConfig(**fields["lora"])
     return TransformerConfig(**fields)
 
 
@@ -288,12 +298,48 @@ def policy_identity(name: str, workdir: str) -> dict:
 
 
 def load_policy(workdir: str, name: str = "policy", step: int | None = None) -> PolicyRun:
-    """The latest (or ``step``'s) parameters of a policy run, in the model its run.json names."""
+    """The latest (or ``step``'s) parameters of a policy run, in the model its run.json names.
+
+    A LoRA run's checkpoint holds only its adapters; its policy is returned merged, ``W + s A
+    B`` on its base (``base`` in its run.json: a Hugging Face checkpoint or an earlier run),
+    as a plain model: what sampling, evaluation, export and a later run use.
+    """
     identity = policy_identity(name, workdir)
     config = transformer_config(identity["model"])
+    if config.lora is not None:
+        return _load_lora_policy(workdir, name, identity, config, step)
     graphdef, like = nnx.split(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))))
     params = load_params(workdir, like, step)
     return PolicyRun(name, workdir, identity, config, graphdef, params)
+
+
+def load_adapters(workdir: str, config: TransformerConfig, step: int | None = None) -> nnx.State:
+    """A LoRA run's adapters (its whole checkpointed parameters)."""
+    abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
+    _, like, _ = lora.split(abstract)
+    return load_params(workdir, like, step)
+
+
+def base_model(identity: dict, name: str) -> Transformer:
+    """The frozen base of a LoRA run (its run.json's ``base``), as a plain model."""
+    base = identity.get("base") or {}
+    if base.get("hf_checkpoint"):
+        from nlhf_jax.models import hf
+
+        dtypes = {k: identity["model"][k] for k in ("dtype", "param_dtype")}
+        return hf.load_pretrained(base["hf_checkpoint"], **dtypes)
+    if base.get("init_from"):
+        return load_policy(base["init_from"], f"{name}'s base").model
+    raise UserError(f"run {name!r} has adapters but its run.json names no base")
+
+
+def _load_lora_policy(workdir, name, identity, config, step) -> PolicyRun:
+    adapters = load_adapters(workdir, config, step)
+    whole = nnx.merge_state(nnx.state(base_model(identity, name)), adapters)
+    plain = config.replace(lora=None)
+    graphdef, like = nnx.split(nnx.eval_shape(lambda: Transformer(plain, rngs=nnx.Rngs(0))))
+    nnx.replace_by_pure_dict(like, lora.merged_pure_dict(nnx.to_pure_dict(whole), config.lora))
+    return PolicyRun(name, workdir, identity, plain, graphdef, like)
 
 
 def save_tokenizer(tokenizer, workdir: str) -> None:

@@ -20,10 +20,31 @@ class MissingInput(UserError, FileNotFoundError):
     """A file, directory or run the user named does not exist (or holds nothing usable)."""
 
 
+class Interrupted(Exception):
+    """A run stopped by SIGINT (Ctrl-C) or SIGTERM after saving its state.
+
+    Attributes:
+      signum: the signal; the entry points exit with status 128 + signum (130, 143).
+      step: the step saved.
+      workdir: the run's directory.
+    """
+
+    def __init__(self, signum: int, step: int, workdir: str):
+        self.signum, self.step, self.workdir = signum, step, workdir
+        super().__init__(
+            f"interrupted at step {step}: saved in {workdir}; run the same command to resume"
+        )
+
+
 def exit_on_user_error(main: Callable[[], object]) -> object:
-    """Runs ``main``; a ``UserError`` ends the process with one line on stderr and status 2."""
+    """Runs ``main``; a ``UserError`` ends the process with one line on stderr and status 2, an
+    ``Interrupted`` run with one line and status 128 + its signal (130 for Ctrl-C, 143 for
+    SIGTERM), so a chain of stages or a scheduler sees that it did not finish."""
     try:
         return main()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except Interrupted as e:
+        print(str(e), file=sys.stderr, flush=True)
+        sys.exit(128 + e.signum)

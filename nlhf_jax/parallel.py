@@ -3,12 +3,11 @@
 Parameters carry logical axis names ("embed", "heads", ...) in their `out_sharding` metadata;
 `MeshConfig.rules` maps each name to mesh axes. Everything here uses classic jit-with-shardings
 (Auto mesh axes): a step is compiled once with explicit in/out shardings and XLA propagates the
-activations' shardings.
+activations' shardings (``nlhf_jax.train.step.compile_step`` does it for every trainer).
 
     config = MeshConfig(shape=(-1, 2, 2)); mesh = make_mesh(config)
-    graphdef, params, params_sh = init_sharded_model(make_model, seed, mesh, config.rules)
-    opt_state, opt_sh = init_sharded_opt_state(tx, params, mesh, config.rules)
-    step = jit_sharded(step_fn, (params_sh, opt_sh), batch_sharding(mesh, config.rules))
+    shardings = logical_shardings(params, mesh, config.rules)
+    batch = shard_batch(host_batch, batch_sharding(mesh, config.rules))
 """
 
 from __future__ import annotations
@@ -16,13 +15,15 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from nlhf_jax.errors import UserError
 
 # A logical name -> None (replicated), one mesh axis, or several (sharded over their product).
 MeshAxes = str | tuple[str, ...] | None
@@ -37,6 +38,7 @@ DEFAULT_RULES: Rules = (
     ("mlp", "tensor"),
     ("head_dim", None),
     ("layers", None),
+    ("lora", None),  # the rank of a low-rank adapter
 )
 
 
@@ -155,51 +157,37 @@ def logical_shardings(tree: Any, mesh: Mesh, rules: Rules) -> Any:
     return jax.tree.map(one, tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def sharded_initializer(
-    make_model: Callable[[nnx.Rngs], nnx.Module], mesh: Mesh, rules: Rules
-) -> tuple[nnx.GraphDef, nnx.State, Callable[[jax.Array], nnx.State]]:
-    """Returns `(graphdef, shardings, init)`: `init(key)` builds the state straight into shards.
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """A mesh and its logical-axis rules: how any pytree of model parameters is sharded."""
 
-    The model is traced abstractly (`nnx.eval_shape`) to read shapes and logical axes; `init` is
-    the model's constructor under `jax.jit` with those `out_shardings`, so each device computes
-    only its own shards and no device ever holds the whole model.
-    """
-    abstract = nnx.eval_shape(lambda: make_model(nnx.Rngs(jax.random.key(0))))
-    graphdef, abstract_state = nnx.split(abstract)
-    shardings = logical_shardings(abstract_state, mesh, rules)
-    init = jax.jit(lambda key: nnx.split(make_model(nnx.Rngs(key)))[1], out_shardings=shardings)
-    return graphdef, shardings, init
+    mesh: Mesh
+    rules: Rules
 
+    @property
+    def batch(self) -> NamedSharding:
+        return batch_sharding(self.mesh, self.rules)
 
-def init_sharded_model(
-    make_model: Callable[[nnx.Rngs], nnx.Module],
-    seed: int | jax.Array,
-    mesh: Mesh,
-    rules: Rules,
-) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
-    """Builds a model's state directly in its shards (see `sharded_initializer`).
-
-    Args:
-      make_model: builds the model from `nnx.Rngs`, e.g. `lambda r: Transformer(config, rngs=r)`.
-      seed: int seed or PRNG key; the same seed gives the same values on any mesh.
-      mesh, rules: from `make_mesh` and `MeshConfig.rules`.
-
-    Returns:
-      `(graphdef, state, shardings)`: the state's arrays are sharded as `shardings` says.
-    """
-    graphdef, shardings, init = sharded_initializer(make_model, mesh, rules)
-    # nnx.Rngs accepts a traced key but not a traced int, so an int seed becomes a key here.
-    key = jax.random.key(seed) if isinstance(seed, int) else seed
-    return graphdef, init(key), shardings
+    def shardings(self, tree: Any) -> Any:
+        """Shardings of a pytree (arrays or ShapeDtypeStructs) by its Variables' logical axes."""
+        return logical_shardings(tree, self.mesh, self.rules)
 
 
-def init_sharded_opt_state(tx, params: Any, mesh: Mesh, rules: Rules) -> tuple[Any, Any]:
-    """Returns `(opt_state, shardings)` with moments sharded like their params.
-
-    Plain `jax.jit(tx.init)` would put the whole state on one device; the out_shardings avoid it.
-    """
-    shardings = logical_shardings(jax.eval_shape(tx.init, params), mesh, rules)
-    return jax.jit(tx.init, out_shardings=shardings)(params), shardings
+def placement(config) -> Placement:
+    """The mesh of a run's ``config.mesh`` (an ml_collections config: ``MeshConfig``'s fields,
+    ``num_devices`` and ``device_memory_gb``) over the first ``num_devices`` devices (0: all)."""
+    settings = config.mesh.to_dict()
+    num_devices = settings.pop("num_devices", 0)
+    settings.pop("device_memory_gb", None)
+    try:
+        mesh_config = MeshConfig(**settings)
+        devices = jax.devices()
+        if num_devices > len(devices):
+            raise ValueError(f"num_devices={num_devices}, but there are {len(devices)} devices")
+        mesh = make_mesh(mesh_config, devices[:num_devices] if num_devices else None)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"config.mesh: {e}") from None
+    return Placement(mesh, mesh_config.rules)
 
 
 def batch_sharding(mesh: Mesh, rules: Rules) -> NamedSharding:
@@ -287,25 +275,6 @@ def to_host(tree: Any) -> Any:
     from jax.experimental import multihost_utils
 
     return multihost_utils.process_allgather(tree, tiled=True)
-
-
-def jit_sharded(
-    step: Callable, state_shardings: Any, batch_shardings: Any, *, donate: bool = True
-) -> Callable:
-    """Compiles `step(state, batch, rng) -> (state, metrics)` with explicit shardings.
-
-    The state keeps `state_shardings` in and out (and is donated, so its buffers are reused);
-    the batch arrives with `batch_shardings` (one NamedSharding covers a whole dict); the rng and
-    the metrics are replicated.
-    """
-    mesh = jax.tree.leaves(batch_shardings)[0].mesh
-    replicated = NamedSharding(mesh, PartitionSpec())
-    return jax.jit(
-        step,
-        in_shardings=(state_shardings, batch_shardings, replicated),
-        out_shardings=(state_shardings, replicated),
-        donate_argnums=(0,) if donate else (),
-    )
 
 
 def _int_env(env: Mapping[str, str], name: str) -> int:

@@ -1,11 +1,12 @@
-"""The README's result tables, rendered from the committed ``results/`` files, never by hand.
+"""The result tables of README.md and docs/*.md, rendered from ``results/``, never by hand.
 
-    python -m nlhf_jax.readme [--collect runs] [--check] [--readme README.md] [--results results]
+    python -m nlhf_jax.readme [--collect runs] [--check] [--page PAGE ...] [--results results]
 
-README.md holds each generated table between ``<!-- results:NAME -->`` and
+A page holds each generated table between ``<!-- results:NAME -->`` and
 ``<!-- /results:NAME -->``; ``RENDERERS[NAME]`` (``nlhf_jax.tables``) renders it from
-``results/NAME.json``. Without ``--check`` every marked block is rewritten; ``--check`` prints
-a unified diff and exits 1 when README differs from what the results render
+``results/NAME.json``. The pages are README.md and every ``docs/*.md`` (``pages()``), or the
+``--page`` files. Without ``--check`` every marked block of every page is rewritten; ``--check``
+prints a unified diff and exits 1 when any page differs from what the results render
 (``tests/test_readme.py`` runs the same check).
 ``--collect RUNS_DIR`` first copies each run's results (``SOURCES``) into ``results/``, keeping
 only what the table needs (``COMPACT``) of a file larger than ``MAX_BYTES``. A marker whose
@@ -17,10 +18,12 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import glob
 import json
 import os
 import re
 import sys
+from collections.abc import Sequence
 
 from nlhf_jax.errors import MissingInput, UserError, exit_on_user_error
 from nlhf_jax.tables import COMPACT, RENDERERS
@@ -48,6 +51,20 @@ _BLOCK = re.compile(
 _OPENING = re.compile(r"^<!-- results:([\w.-]+) -->$", re.MULTILINE)
 
 
+def pages(root: str | None = None) -> list[str]:
+    """The pages whose marked blocks are rendered: ``root/README.md``, then every
+    ``root/docs/*.md`` in name order (``root``: the repository)."""
+    root = ROOT if root is None else root
+    docs = sorted(glob.glob(os.path.join(root, "docs", "*.md")))
+    return [os.path.join(root, "README.md"), *docs]
+
+
+def _name(path: str) -> str:
+    """``path`` relative to the repository when inside it (for diffs and errors)."""
+    rel = os.path.relpath(os.path.abspath(path), ROOT)
+    return path if rel.startswith("..") else rel
+
+
 # --- the command -----------------------------------------------------------------------------
 
 
@@ -72,77 +89,98 @@ def collect(runs_dir: str, results_dir: str = RESULTS) -> list[str]:
     return copied
 
 
-def render(name: str, results_dir: str = RESULTS) -> str:
-    """The markdown of table ``name`` from ``results_dir/name.json``."""
+def render(name: str, results_dir: str = RESULTS, page: str = "README.md") -> str:
+    """The markdown of table ``name`` from ``results_dir/name.json`` (``page``: for errors)."""
     if name not in RENDERERS:
-        raise UserError(f"<!-- results:{name} -->: no such table; known: {', '.join(RENDERERS)}")
+        raise UserError(
+            f"{page}: <!-- results:{name} -->: no such table; known: {', '.join(RENDERERS)}"
+        )
     path = os.path.join(results_dir, f"{FILE_OF.get(name, name)}.json")
     if not os.path.exists(path):
         raise MissingInput(
-            f"{path}: missing, README's <!-- results:{name} --> table is rendered from it; run "
+            f"{path}: missing, {page}'s <!-- results:{name} --> table is rendered from it; run "
             f"its job, then `python -m nlhf_jax.readme --collect runs`"
         )
     with open(path) as f:
         return RENDERERS[name](json.load(f))
 
 
-def rendered(text: str, results_dir: str = RESULTS) -> str:
-    """``text`` (a README) with every marked block replaced by its table from ``results_dir``."""
+def rendered(text: str, results_dir: str = RESULTS, page: str = "README.md") -> str:
+    """``text`` (a page) with every marked block replaced by its table from ``results_dir``."""
     closed = {m.start() for m in _BLOCK.finditer(text)}
     for m in _OPENING.finditer(text):
         if m.start() not in closed:
             line = text.count("\n", 0, m.start()) + 1
-            raise UserError(f"line {line}: {m.group(0)} has no <!-- /results:{m.group(1)} -->")
+            raise UserError(f"{page}:{line}: {m.group(0)} has no <!-- /results:{m.group(1)} -->")
     block = lambda m: (
-        f"<!-- results:{m.group(1)} -->\n{render(m.group(1), results_dir)}\n"
+        f"<!-- results:{m.group(1)} -->\n{render(m.group(1), results_dir, page)}\n"
         f"<!-- /results:{m.group(1)} -->"
     )
     return _BLOCK.sub(block, text)
 
 
-def _unified(text: str, new: str, readme: str, results_dir: str) -> str:
+def _unified(text: str, new: str, page: str, results_dir: str) -> str:
     lines = difflib.unified_diff(
         text.splitlines(keepends=True),
         new.splitlines(keepends=True),
-        readme,
-        f"{readme} (rendered from {results_dir})",
+        page,
+        f"{page} (rendered from {results_dir})",
     )
     return "".join(lines)
 
 
-def diff(readme: str = README, results_dir: str = RESULTS) -> str:
-    """A unified diff from ``readme`` to what its marked blocks render to; empty when equal."""
-    with open(readme) as f:
-        text = f.read()
-    return _unified(text, rendered(text, results_dir), readme, results_dir)
+def _read(path: str) -> str:
+    if not os.path.isfile(path):
+        raise MissingInput(f"{path}: no such page")
+    with open(path) as f:
+        return f.read()
+
+
+def diff(paths: str | Sequence[str] | None = None, results_dir: str = RESULTS) -> str:
+    """A unified diff from the pages (``paths``: one, several, or None for ``pages()``) to what
+    their marked blocks render to; empty when every page is up to date."""
+    paths = pages() if paths is None else [paths] if isinstance(paths, str) else list(paths)
+    changes = []
+    for path in paths:
+        text = _read(path)
+        changes.append(
+            _unified(text, rendered(text, results_dir, _name(path)), _name(path), results_dir)
+        )
+    return "".join(changes)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m nlhf_jax.readme", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--check", action="store_true", help="exit 1 if README differs")
+    parser.add_argument("--check", action="store_true", help="exit 1 if any page differs")
     parser.add_argument("--collect", metavar="RUNS_DIR", help="first copy the runs' results")
-    parser.add_argument("--readme", default=README)
+    parser.add_argument(
+        "--page",
+        "--readme",
+        dest="pages",
+        action="append",
+        metavar="PAGE",
+        help="a page to render (repeatable; default: README.md and docs/*.md)",
+    )
     parser.add_argument("--results", default=RESULTS, help="directory of NAME.json")
     args = parser.parse_args(argv)
     if args.collect:
         if not os.path.isdir(args.collect):
             raise MissingInput(f"{args.collect}: no such runs directory")
         collect(args.collect, args.results)
-    if not os.path.isfile(args.readme):
-        raise MissingInput(f"{args.readme}: no such README")
-    with open(args.readme) as f:
-        text = f.read()
-    new = rendered(text, args.results)
+    paths = args.pages or pages()
+    texts = {path: _read(path) for path in paths}  # every page exists before any is written
+    new = {path: rendered(text, args.results, _name(path)) for path, text in texts.items()}
     if args.check:
-        changes = _unified(text, new, args.readme, args.results)
+        changes = "".join(_unified(texts[p], new[p], _name(p), args.results) for p in paths)
         sys.stdout.write(changes)
         return 1 if changes else 0
-    if new != text:
-        with open(args.readme, "w") as f:
-            f.write(new)
-    print(f"{args.readme}: {'rewritten' if new != text else 'up to date'}")
+    for path in paths:
+        if new[path] != texts[path]:
+            with open(path, "w") as f:
+                f.write(new[path])
+        print(f"{_name(path)}: {'rewritten' if new[path] != texts[path] else 'up to date'}")
     return 0
 
 

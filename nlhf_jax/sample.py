@@ -25,8 +25,8 @@ from nlhf_jax.checkpoint import load_policy, run_tokenizer
 from nlhf_jax.console import quiet_libraries
 from nlhf_jax.errors import UserError, exit_on_user_error
 from nlhf_jax.evaluate.sampled import sample_policy
-from nlhf_jax.prompts import encode_prompt_file, synthetic_source
 from nlhf_jax.sampling import SamplingConfig
+from nlhf_jax.sources import encode_prompt_file, synthetic_source
 from nlhf_jax.tasks.synthetic import SyntheticTask
 
 
@@ -46,7 +46,7 @@ def sample_run(
     """Samples the run's policy on the prompts and writes ``out`` (JSONL); returns the rows."""
     if num_samples < 1:
         raise UserError(f"--num-samples {num_samples}: at least 1")
-    policy = load_policy(run, "run")
+    policy = load_policy(run, os.path.basename(os.path.normpath(run)))
     tokenizer = run_tokenizer(run)
     if tokenizer is not None:
         if not prompts_file:
@@ -112,7 +112,9 @@ def sample_run(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m nlhf_jax.sample", description="Decode a trained policy's responses."
+        prog="python -m nlhf_jax.sample",
+        description="Decode a trained policy's responses.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--run", required=True, help="a policy run's workdir")
     parser.add_argument("--prompts", help="JSONL/Parquet with a 'prompt' field")

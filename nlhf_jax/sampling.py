@@ -5,7 +5,7 @@ The mixture sampler carries one cache per model (policy and reference) and at ev
 samples from ``softmax((1 - beta) l_pi + beta l_mu)`` given the shared prefix: two cached
 forward passes per token, never a recomputation of the prefix. The product of these per-token
 mixtures is *not* the sequence-level geometric mixture ``pi^(1-beta) mu^beta / Z`` (NLHF says so);
-it is what Nash-MD-PG samples from. ALGORITHMS.md section 2.
+it is what Nash-MD-PG samples from. docs/algorithms.md section 2.
 
 Prompts are left-padded ``[batch, prompt_len]`` with a mask; every row's last column is its last
 real token, so one prefill serves rows of different lengths. The policy sampler is the mixture
@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from nlhf_jax.models.config import TransformerConfig
-from nlhf_jax.models.transformer import KVCache, forward_full, init_cache, positions_from_mask
+from nlhf_jax.models.transformer import KVCache, init_cache, positions_from_mask
 
 Array = jax.Array
 
@@ -316,23 +316,3 @@ class MixtureSampler:
             prompt_mask_bt,
             key,
         )
-
-
-@functools.partial(jax.jit, static_argnames="graphdef")
-def score_tokens(
-    graphdef: nnx.GraphDef,
-    state: nnx.State,
-    prompt_bt: Array,
-    prompt_mask_bt: Array,
-    response_bn: Array,
-    response_mask_bn: Array,
-) -> Array:
-    """Teacher-forced per-token log-probabilities ``[b, n]`` of a response given its left-padded
-    prompt (no cache; 0 where the response mask is False). What the training losses use."""
-    tokens = jnp.concatenate([prompt_bt, response_bn], axis=1)
-    mask = jnp.concatenate([prompt_mask_bt, response_mask_bn], axis=1).astype(bool)
-    logits_btv = forward_full(graphdef, state, tokens, mask)
-    p, n = prompt_bt.shape[1], response_bn.shape[1]
-    logp_bnv = jax.nn.log_softmax(logits_btv[:, p - 1 : p - 1 + n], axis=-1)
-    logp_bn = jnp.take_along_axis(logp_bnv, response_bn[..., None], axis=-1)[..., 0]
-    return jnp.where(response_mask_bn, logp_bn, 0.0)

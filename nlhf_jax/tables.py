@@ -131,9 +131,9 @@ def render_demo(r: dict, name: str = "demo") -> str:
     if "nash_md" in methods:
         header += ["vs nash_md, raw", "vs nash_md, regularized"]
     rows = []
-    for i, name in enumerate(methods):
+    for i, method in enumerate(methods):
         gap = f"**{gaps[i]:.3f}**" if i == best else f"{gaps[i]:.3f}"
-        row = [f"{name} (mu)" if i == i_ref else name, gap]
+        row = [f"{method} (mu)" if i == i_ref else method, gap]
         row += [_num(r["kl_to_reference"][i]), f"{win[i][i_ref]:.3f}"]
         if "nash_md" in methods:
             j = methods.index("nash_md")
@@ -157,7 +157,8 @@ def render_demo(r: dict, name: str = "demo") -> str:
     return "\n".join(lines)
 
 
-# RLP run -> (its stage-1 policy, the judge it refreshed): the demo's names (train/demo.py).
+# RLP run -> (its stage-1 policy, the judge it refreshed): the demo's names
+# (nlhf_jax/pipelines/demo.py).
 _RLP = {
     "rlp_uml": ("rlhf", "reward_model"),
     "rlp_spg": ("rlhf", "reward_model"),

@@ -21,7 +21,8 @@ from nlhf_jax import evaluate
 from nlhf_jax.checkpoint import Checkpoints, load_params, read_identity, transformer_config
 from nlhf_jax.evaluate import report
 from nlhf_jax.evaluate.__main__ import main as cli_main
-from nlhf_jax.evaluate.runs import load_judge, parse_runs
+from nlhf_jax.evaluate.runs import parse_runs
+from nlhf_jax.judges import load_run
 from nlhf_jax.models import Transformer
 from nlhf_jax.tasks.synthetic import SyntheticTask
 from nlhf_jax.train import loop, methods
@@ -177,7 +178,7 @@ def test_duality_gaps_and_kls_are_the_exact_evaluators(evaluated, runs):
 def test_judge_matrix_matches_a_loop_over_prompts(evaluated, runs):
     results, _ = evaluated
     task = SyntheticTask(**results["config"]["task"])
-    judge = load_judge(runs["pm"], task)
+    judge = load_run(runs["pm"], task)
     # batch_size 100 does not divide the 729 pairs: the padded last batch is exercised.
     P = evaluate.judge_matrices(judge, task, batch_size=100)
     resp, R = task.responses(), task.num_responses

@@ -1,4 +1,4 @@
-"""The pure losses of ALGORITHMS.md sections 2, 4, 5, 6 on an enumerable sequence policy."""
+"""The pure losses of docs/algorithms.md sections 2, 4, 5, 6 on an enumerable sequence policy."""
 
 import itertools
 
@@ -69,8 +69,9 @@ def test_nash_md_pg_estimate_is_unbiased_against_exact_enumeration():
 
 
 def test_naive_kl_term_has_no_gradient_but_the_score_function_form_does():
-    """ALGORITHMS.md 2's pitfall: E[grad tau (sum log pi - sum log mu)] = 0 (y resampled), while
-    grad tau KL(pi || mu) is not; our KL enters with the score function (P = 1/2: no signal)."""
+    """docs/algorithms.md 2's pitfall: E[grad tau (sum log pi - sum log mu)] = 0 (y resampled),
+    while grad tau KL(pi || mu) is not; our KL enters with the score function (P = 1/2: no
+    signal)."""
     theta, ref, _, _ = _setup(seed=3)
     tau, num = 0.5, 200_000
     pi = jnp.exp(_token_logps(theta, SEQS).sum(-1))
@@ -160,9 +161,8 @@ def test_reward_to_go_sft_and_leave_one_out_baseline():
     assert float(losses.sft_loss(-x, m)) == pytest.approx(2.0)
     # The RLHF baseline of a row excludes that row, so its gradient stays unbiased.
     lp = jnp.zeros((3, 1))
+    advantage = losses.leave_one_out_advantage(jnp.array([1.0, 2.0, 6.0]))
     g = jax.grad(
-        lambda lp: losses.rlhf_pg_loss(
-            lp, lp * 0, jnp.ones((3, 1), bool), jnp.array([1.0, 2.0, 6.0]), 0.0
-        )
+        lambda lp: losses.rlhf_pg_loss(lp, lp * 0, jnp.ones((3, 1), bool), advantage, 0.0)
     )(lp)
     np.testing.assert_allclose(-g[:, 0] * 3, [1 - 4, 2 - 3.5, 6 - 1.5])

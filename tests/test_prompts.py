@@ -9,12 +9,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from nlhf_jax import data
+from nlhf_jax import data, sources
 from nlhf_jax.errors import MissingInput, UserError
-from nlhf_jax.prompts import synthetic_source, text_source
+from nlhf_jax.sources import synthetic_source, text_source
 from nlhf_jax.tasks import text
 from nlhf_jax.tasks.synthetic import SyntheticTask
-from nlhf_jax.train import initial
 from nlhf_jax.train.defaults import base_config
 
 
@@ -134,7 +133,7 @@ def _tokenizer_config(path: str) -> ml_collections.ConfigDict:
 
 def test_tokenizer_without_eos_or_pad_is_refused(tok, tmp_path):
     tok.save_pretrained(str(tmp_path / "ok"))
-    assert initial.tokenizer(_tokenizer_config(str(tmp_path / "ok"))).eos_token_id is not None
+    assert sources.tokenizer(_tokenizer_config(str(tmp_path / "ok"))).eos_token_id is not None
     for name in ("pad", "eos"):
         broken = tmp_path / f"no_{name}"
         tok.save_pretrained(str(broken))
@@ -148,22 +147,22 @@ def test_tokenizer_without_eos_or_pad_is_refused(tok, tmp_path):
             m.pop(f"{name}_token", None)
             special.write_text(json.dumps(m))
         with pytest.raises(UserError, match=f"has no {name} token"):
-            initial.tokenizer(_tokenizer_config(str(broken)))
+            sources.tokenizer(_tokenizer_config(str(broken)))
 
 
 def test_tokenizer_larger_than_the_model_is_refused(tok, tmp_path):
     tok.save_pretrained(str(tmp_path / "tok"))
     with pytest.raises(UserError, match=f"{len(tok)} tokens.*vocab_size=64"):
-        initial.tokenizer(_tokenizer_config(str(tmp_path / "tok")), vocab_size=64)
+        sources.tokenizer(_tokenizer_config(str(tmp_path / "tok")), vocab_size=64)
 
 
 def test_data_source_follows_what_is_named():
     config = base_config("nash_md")
-    assert initial.data_source(config) == "synthetic"
+    assert sources.kind(config) == "synthetic"
     config.data.prompts_file = "prompts.jsonl"
-    assert initial.data_source(config) == "file"
+    assert sources.kind(config) == "file"
     config.data.source = "synthetic"  # an explicit choice wins
-    assert initial.data_source(config) == "synthetic"
+    assert sources.kind(config) == "synthetic"
     config.data.source = "files"
     with pytest.raises(UserError, match=r"config\.data\.source='files'"):
-        initial.data_source(config)
+        sources.kind(config)

@@ -1,4 +1,4 @@
-"""RLP's pure parts (ALGORITHMS.md 8): the UML bottleneck's terms and SPG's pair selection."""
+"""RLP's pure parts (docs/algorithms.md 8): the UML bottleneck's terms and SPG's pair selection."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +7,7 @@ import optax
 import pytest
 from flax import nnx
 
-from nlhf_jax import rlp
+from nlhf_jax import losses, spg
 from nlhf_jax.models.bottleneck import MLP
 from nlhf_jax.tasks.synthetic import SyntheticTask
 
@@ -22,20 +22,20 @@ def test_gaussian_kl_matches_monte_carlo():
         return -0.5 * np.sum(lv + (z - mu) ** 2 / np.exp(lv) + np.log(2 * np.pi), axis=-1)
 
     mc = np.mean(logpdf(z, mu1, lv1) - logpdf(z, mu2, lv2))
-    got = float(rlp.gaussian_kl(*(jnp.asarray(a)[None] for a in (mu1, lv1, mu2, lv2)))[0])
+    got = float(losses.gaussian_kl(*(jnp.asarray(a)[None] for a in (mu1, lv1, mu2, lv2)))[0])
     assert got == pytest.approx(mc, abs=0.02)
 
 
 def test_symmetric_kl_is_zero_with_zero_gradient_for_identical_views():
     mu, lv = jnp.array([[0.3, -1.0]]), jnp.array([[0.2, -0.4]])
-    assert float(rlp.symmetric_gaussian_kl(mu, lv, mu, lv)[0]) == 0.0
-    grads = jax.grad(lambda m, v: rlp.symmetric_gaussian_kl(m, v, mu, lv).sum(), (0, 1))(mu, lv)
+    assert float(losses.symmetric_gaussian_kl(mu, lv, mu, lv)[0]) == 0.0
+    grads = jax.grad(lambda m, v: losses.symmetric_gaussian_kl(m, v, mu, lv).sum(), (0, 1))(mu, lv)
     for g in grads:  # zero analytically; float32 rounds exp(v) / exp(v) to within 1 ulp
         np.testing.assert_allclose(g, 0.0, atol=1e-7)
-    other = rlp.symmetric_gaussian_kl(mu, lv, mu + 0.5, lv)
+    other = losses.symmetric_gaussian_kl(mu, lv, mu + 0.5, lv)
     assert float(other[0]) > 0
     # Symmetric: the same both ways.
-    np.testing.assert_allclose(other, rlp.symmetric_gaussian_kl(mu + 0.5, lv, mu, lv), rtol=1e-6)
+    np.testing.assert_allclose(other, losses.symmetric_gaussian_kl(mu + 0.5, lv, mu, lv), rtol=1e-6)
 
 
 def _fitted_estimate(dependent: bool, seed: int = 0) -> float:
@@ -52,7 +52,7 @@ def _fitted_estimate(dependent: bool, seed: int = 0) -> float:
 
     def estimate(params, z1, z2):
         T = lambda a, b: nnx.merge(graphdef, params)(jnp.concatenate([a, b], -1))[:, 0]
-        return rlp.jsd_mutual_information(T(z1, z2), T(z1, jnp.roll(z2, 1, axis=0)))
+        return losses.jsd_mutual_information(T(z1, z2), T(z1, jnp.roll(z2, 1, axis=0)))
 
     tx = optax.adam(3e-3)
     opt = tx.init(params)
@@ -81,10 +81,10 @@ def test_bottleneck_loss_terms():
     z = jnp.asarray(np.random.default_rng(0).normal(size=(16, 3)), jnp.float32)
     mu, lv = z, jnp.zeros_like(z)
     critic = lambda a, b: jnp.sum(a * b, -1)
-    loss, aux = rlp.multiview_bottleneck_loss(critic, z, z, mu, lv, mu, lv)
+    loss, aux = losses.multiview_bottleneck_loss(critic, z, z, mu, lv, mu, lv)
     assert float(aux["uml/symmetric_kl"]) == 0.0
     assert float(loss) == pytest.approx(-float(aux["uml/mutual_information"]))
-    _, apart = rlp.multiview_bottleneck_loss(critic, z, z, mu, lv, mu + 1.0, lv)
+    _, apart = losses.multiview_bottleneck_loss(critic, z, z, mu, lv, mu + 1.0, lv)
     # Unit variances, means 1 apart in 3 dims: each direction is 3 * 1/2, and so is the mean.
     assert float(apart["uml/symmetric_kl"]) == pytest.approx(1.5, rel=1e-5)
 
@@ -94,7 +94,7 @@ def test_spg_keeps_exactly_the_confident_prompts_and_picks_from_the_right_groups
     X, N, gamma = 400, 10, 0.5
     keys = [list(rng.integers(0, rng.integers(1, 5), N)) for _ in range(X)]
     scores = rng.normal(size=(X, N))
-    sel = rlp.spg_pairs(keys, scores, gamma, np.random.default_rng(1))
+    sel = spg.spg_pairs(keys, scores, gamma, np.random.default_rng(1))
     for x, k in enumerate(keys):
         counts = {v: k.count(v) for v in k}
         top = max(counts.values())
@@ -114,7 +114,7 @@ def test_spg_keeps_exactly_the_confident_prompts_and_picks_from_the_right_groups
 def test_spg_rejected_is_uniform_over_the_other_groups():
     keys = [["a"] * 6 + ["b", "c", "c", "d"]]  # others: indices 6..9
     draws = [
-        rlp.spg_pairs(keys, np.zeros((1, 10)), 0.5, np.random.default_rng(s))["rejected"][0]
+        spg.spg_pairs(keys, np.zeros((1, 10)), 0.5, np.random.default_rng(s))["rejected"][0]
         for s in range(4000)
     ]
     freq = np.bincount(draws, minlength=10)[6:] / len(draws)
@@ -127,19 +127,19 @@ def test_task_equivalence_groups_exactly_what_the_oracle_cannot_tell_apart():
     prompts, responses = task.prompts(), task.responses()
     X, R = len(prompts), len(responses)
     tokens = np.broadcast_to(responses, (X, R, responses.shape[1])).copy()
-    keys = rlp.equivalence_keys("task", prompts, tokens, np.ones_like(tokens, bool), task)
+    keys = spg.equivalence_keys("task", prompts, tokens, np.ones_like(tokens, bool), task)
     for x in range(X):
         for i in range(R):
             for j in range(R):
                 same_row = np.allclose(P[x, i], P[x, j], atol=1e-12)
                 assert (keys[x][i] == keys[x][j]) == same_row
-    exact = rlp.equivalence_keys("exact", prompts, tokens, np.ones_like(tokens, bool))
+    exact = spg.equivalence_keys("exact", prompts, tokens, np.ones_like(tokens, bool))
     assert all(len(set(k)) == R for k in exact)
 
 
 def test_mean_preference_scores_leave_out_the_diagonal():
     p = np.array([[[0.5, 0.9, 0.7], [0.1, 0.5, 0.2], [0.3, 0.8, 0.5]]])
-    np.testing.assert_allclose(rlp.mean_preference_scores(p), [[0.8, 0.15, 0.55]])
+    np.testing.assert_allclose(spg.mean_preference_scores(p), [[0.8, 0.15, 0.55]])
 
 
 def test_a_user_key_function_groups_by_its_key():
@@ -147,9 +147,9 @@ def test_a_user_key_function_groups_by_its_key():
     tokens = np.array([[[7, 2, 0], [8, 2, 0], [7, 9, 2]], [[7, 2, 0], [7, 2, 0], [9, 9, 2]]])
     mask = tokens != 0
     by_first = lambda prompt, response: int(response[0])  # "same meaning": same first token
-    keys = rlp.equivalence_keys(by_first, prompts, tokens, mask)
+    keys = spg.equivalence_keys(by_first, prompts, tokens, mask)
     assert keys == [[7, 8, 7], [7, 7, 9]]
     # By name, as config.rlp.equivalence takes it: array_equal(prompt, response) is False for
     # every sample here, so each prompt's samples form one group.
-    named = rlp.equivalence_keys("numpy:array_equal", prompts, tokens, mask)
+    named = spg.equivalence_keys("numpy:array_equal", prompts, tokens, mask)
     assert named == [[False] * 3, [False] * 3]

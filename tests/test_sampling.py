@@ -9,14 +9,9 @@ import pytest
 from flax import nnx
 from scipy import stats
 
+from nlhf_jax.logprobs import score_tokens
 from nlhf_jax.models import Transformer, TransformerConfig, forward_full, get_preset
-from nlhf_jax.sampling import (
-    MixtureSampler,
-    PolicySampler,
-    SamplingConfig,
-    sampling_logprobs,
-    score_tokens,
-)
+from nlhf_jax.sampling import MixtureSampler, PolicySampler, SamplingConfig, sampling_logprobs
 
 # A vocabulary small enough to enumerate sequences; large init so distributions are far from
 # uniform and the policy and reference differ clearly.

@@ -23,11 +23,11 @@ from nlhf_jax import checkpoint
 from nlhf_jax.evaluate.on_prompts import evaluate_on_prompts
 from nlhf_jax.export import export_run
 from nlhf_jax.models import forward_full, hf
+from nlhf_jax.pipelines.text import stage_config
 from nlhf_jax.sample import sample_run
 from nlhf_jax.tasks import text
 from nlhf_jax.train import loop, methods
-from nlhf_jax.train.online import ONLINE_METHODS
-from nlhf_jax.train.text_stages import stage_config
+from nlhf_jax.train.online import METHODS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -68,6 +68,7 @@ def files(tmp_path_factory):
 def _config(stage: str, files: dict, runs: str, **overrides):
     c = stage_config(stage)
     c.batch_size, c.log_every = 8, 1000
+    c.data.max_prompt_len, c.data.max_response_len = 32, 16  # the task's texts fit these
     c.data.data_dir = os.path.join(runs, "data")
     c.sampling.max_new_tokens = 12
     if stage in ("sft", "preference_model", "reward_model"):
@@ -80,8 +81,7 @@ def _config(stage: str, files: dict, runs: str, **overrides):
         c.data.eval_batch_size = 50
     else:
         c.init_from = os.path.join(runs, "sft")
-        c.judge = os.path.join(runs, "pm")
-        c.reward_model = os.path.join(runs, "rm")
+        c.judge = os.path.join(runs, "rm" if stage == "rlhf" else "pm")
         c.data.prompts_file = files["prompts"]
         c.data.eval_prompts_file = files["eval_prompts"]
         c.mesh.num_devices = 1
@@ -218,7 +218,7 @@ def test_export_loads_in_transformers_with_equal_logits(runs, tmp_path):
     assert int(generated[ids.shape[1]]) == int(np.argmax(ours[0, -1]))
 
 
-@pytest.mark.parametrize("method", sorted(set(ONLINE_METHODS) - {"nash_md", "rlhf"}))
+@pytest.mark.parametrize("method", sorted(set(METHODS) - {"nash_md", "rlhf"}))
 def test_every_online_method_runs_on_the_prompts_file(files, runs, tmp_path, method):
     workdir = _train(method, files, str(tmp_path), 2, name=method, init_from=f"{runs}/sft",
                      judge=f"{runs}/pm")  # fmt: skip
@@ -226,8 +226,12 @@ def test_every_online_method_runs_on_the_prompts_file(files, runs, tmp_path, met
 
 
 def _cli(*args, cwd=None):
+    return _cli_module("nlhf_jax.train", *args, cwd=cwd)
+
+
+def _cli_module(module, *args, cwd=None):
     return subprocess.run(
-        [sys.executable, "-m", "nlhf_jax.train", *args],
+        [sys.executable, "-m", module, *args],
         capture_output=True,
         text=True,
         cwd=cwd,
@@ -244,6 +248,7 @@ def test_bad_prompts_file_is_one_line_and_leaves_nothing_behind(files, runs, tmp
         f"--config.init_from={runs}/sft", f"--config.judge={runs}/pm",
         f"--config.data.eval_prompts_file={files['eval_prompts']}",
         "--config.num_steps=1", "--config.batch_size=4", "--config.sampling.max_new_tokens=4",
+        "--config.data.max_prompt_len=32",
     ]  # fmt: skip
     bad = _cli(*common, f"--config.data.prompts_file={empty}", cwd=REPO)
     assert bad.returncode == 2, bad.stderr
@@ -252,3 +257,114 @@ def test_bad_prompts_file_is_one_line_and_leaves_nothing_behind(files, runs, tmp
     good = _cli(*common, f"--config.data.prompts_file={files['prompts']}", cwd=REPO)
     assert good.returncode == 0, good.stderr[-2000:]
     assert checkpoint.latest_step(workdir) == 1
+
+
+def _lora(config, rank=4):
+    config.lora.rank = rank
+    config.lora.alpha = 8.0
+    return config
+
+
+@pytest.fixture(scope="module")
+def lora_sft(files, tmp_path_factory):
+    """SFT of rank-4 adapters on the checkpoint: 6 steps at a learning rate that moves them."""
+    root = str(tmp_path_factory.mktemp("lora"))
+    config = _lora(_config("sft", files, root))
+    config.optimizer.learning_rate, config.optimizer.warmup_steps = 1e-2, 0
+    workdir = os.path.join(root, "sft_lora")
+    loop.run(methods.build(config, workdir), workdir, num_steps=6, eval_every=6, quiet=True)
+    return workdir
+
+
+def test_lora_trains_and_checkpoints_the_adapters_only(files, lora_sft):
+    from nlhf_jax.models import lora
+
+    identity = checkpoint.read_identity(lora_sft)
+    assert identity["base"] == {"hf_checkpoint": os.path.abspath(files["qwen2"])}
+    config = checkpoint.transformer_config(identity["model"])
+    adapters = nnx.to_pure_dict(checkpoint.load_adapters(lora_sft, config))
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(adapters)]
+    assert paths and all("_lora" in p for p in paths)  # nothing of the base in the checkpoint
+    n_adapters = sum(x.size for x in jax.tree.leaves(adapters))
+    n_base = sum(x.size for x in jax.tree.leaves(nnx.state(hf.load_pretrained(files["qwen2"]))))
+    assert n_adapters < 0.2 * n_base
+    assert any(np.abs(x).max() > 0 for p, x in jax.tree_util.tree_leaves_with_path(adapters)
+               if jax.tree_util.keystr(p).endswith("['b']"))  # fmt: skip
+    # The policy a later stage loads is the base with the adapters folded in: it computes what
+    # the adapted model computes (to float32 rounding of W + s A B).
+    policy = checkpoint.load_policy(lora_sft)
+    assert policy.config.lora is None
+    base = hf.load_pretrained(files["qwen2"])
+    adapted = lora.attach(base, config.lora, 0)
+    graphdef, _, base_state = lora.split(adapted)
+    whole = nnx.merge_state(base_state, checkpoint.load_adapters(lora_sft, config))
+    ids = np.array([[5, 9, 17, 33, 64, 2]])
+    mask = np.ones_like(ids, bool)
+    want = np.asarray(forward_full(graphdef, whole, ids, mask))
+    got = np.asarray(forward_full(policy.graphdef, policy.params, ids, mask))
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert np.abs(want - np.asarray(forward_full(*nnx.split(base), ids, mask))).max() > 1e-4
+
+
+def test_lora_exports_merged_and_as_a_peft_adapter(files, lora_sft, tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    peft = pytest.importorskip("peft")
+    policy = checkpoint.load_policy(lora_sft)
+    ids = np.array([[5, 9, 17, 33, 64, 2, 7]])
+    ours = np.asarray(forward_full(policy.graphdef, policy.params, ids, np.ones_like(ids, bool)))
+    merged = str(tmp_path / "merged")
+    export_run(lora_sft, merged)
+    with torch.no_grad():
+        model = transformers.AutoModelForCausalLM.from_pretrained(merged).eval()
+        np.testing.assert_allclose(model(torch.tensor(ids)).logits.numpy(), ours, atol=1e-4)
+    adapter_dir = str(tmp_path / "adapter")
+    out = _cli_module("nlhf_jax.export", "--run", lora_sft, "--out", adapter_dir, "--peft")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "PEFT LoRA adapters (rank 4" in out.stdout
+    base = transformers.AutoModelForCausalLM.from_pretrained(files["qwen2"]).eval()
+    model = peft.PeftModel.from_pretrained(base, adapter_dir).eval()
+    with torch.no_grad():
+        np.testing.assert_allclose(model(torch.tensor(ids)).logits.numpy(), ours, atol=1e-4)
+
+
+def test_lora_online_run_plays_against_its_own_base(files, runs, tmp_path):
+    """Nash-MD-PG with adapters on the SFT policy: the reference is the frozen base itself, so
+    at the first step (fresh adapters change nothing) the policy's and the reference's
+    log-probs of the same samples are equal and the sampled KL is exactly 0."""
+    workdir = str(tmp_path / "nash_md_lora")
+    config = _lora(_config("nash_md", files, str(tmp_path)), rank=2)
+    config.init_from = os.path.join(runs, "sft")
+    trainer = methods.build(config, workdir)
+    state = trainer.init_state()
+    leaves = jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(state.params))
+    assert all("_lora" in jax.tree_util.keystr(p) for p, _ in leaves)
+    state, metrics = trainer.step(state, next(trainer.data))
+    assert float(metrics["objective/kl"]) == 0.0
+    assert np.isfinite(float(metrics["loss"]))
+    loop.run(trainer, workdir, num_steps=2, quiet=True)
+    identity = checkpoint.read_identity(workdir)
+    assert identity["base"] == {"init_from": os.path.abspath(config.init_from)}
+    merged = checkpoint.load_policy(workdir)  # the SFT policy with the adapters folded in
+    assert merged.config == checkpoint.load_policy(config.init_from).config
+
+
+def test_sft_micro_batches_give_the_full_batch_update(files, tmp_path):
+    """Demonstrations of different lengths: the loss is a mean over response tokens, so each
+    micro-batch weighs by its tokens and the accumulated gradient is the whole batch's."""
+    out = {}
+    for micro in (0, 2):
+        config = _config("sft", files, str(tmp_path), micro_batch_size=micro)
+        config.optimizer.warmup_steps = 0
+        trainer = methods.build(config, str(tmp_path / f"m{micro}"))
+        batch = next(trainer.data)
+        lengths = batch["response_mask"].sum(-1)
+        assert len(set(lengths.tolist())) > 1  # the weighting matters for this batch
+        state, metrics = trainer.step(trainer.init_state(), batch)
+        adam = jax.tree.leaves(state.opt_state, is_leaf=lambda x: hasattr(x, "mu"))
+        out[micro] = jax.device_get((next(x for x in adam if hasattr(x, "mu")).mu, metrics))
+    (mu_full, m_full), (mu_micro, m_micro) = out[0], out[2]
+    assert m_micro["nll"] == pytest.approx(m_full["nll"], rel=1e-5)
+    for a, b in zip(jax.tree.leaves(mu_micro), jax.tree.leaves(mu_full), strict=True):
+        a, b = np.asarray(a), np.asarray(b)
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max() + 1e-12)

@@ -76,7 +76,9 @@ def _iter_jsonl(path: str) -> Iterator[tuple[int, dict[str, Any] | DataError]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                yield line_no, DataError(path, line_no, "<json>", f"invalid JSON: {e}")
+                # The row is one line: its column, not json's "line 1 column N" of the row.
+                why = f"invalid JSON ({e.msg} at column {e.colno})"
+                yield line_no, DataError(path, line_no, "<json>", why)
                 continue
             if not isinstance(row, dict):
                 yield line_no, DataError(path, line_no, "<json>", "row is not a JSON object")

@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m nlhf_jax.evaluate",
         description="Exact (and optionally sampled) head-to-head evaluation of policy runs.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("runs", nargs="*", metavar="NAME=WORKDIR", help="policy runs")
     parser.add_argument(

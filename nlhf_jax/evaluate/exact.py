@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 
 from nlhf_jax.judges import Judge, ModelJudge
-from nlhf_jax.sampling import score_tokens
+from nlhf_jax.logprobs import score_tokens
 from nlhf_jax.tabular import solvers
 from nlhf_jax.tasks.synthetic import SyntheticTask
 

@@ -20,6 +20,7 @@ import os
 import jax
 import numpy as np
 
+from nlhf_jax import judges as judges_lib
 from nlhf_jax import provenance
 from nlhf_jax.errors import UserError
 from nlhf_jax.evaluate import report
@@ -30,7 +31,7 @@ from nlhf_jax.evaluate.exact import (
     normalized,
     win_rate_matrix,
 )
-from nlhf_jax.evaluate.runs import load_judge, load_policies, policy_identity
+from nlhf_jax.evaluate.runs import load_policies, policy_identity
 from nlhf_jax.evaluate.sampled import sample_responses, sampled_win_rates
 
 DEFAULT_TAU = 0.1
@@ -106,7 +107,7 @@ def evaluate_runs(
     policies, task = load_policies(named)
     judges = {"oracle": task}
     if judge is not None:
-        judges["judge"] = load_judge(judge, task)
+        judges["judge"] = judges_lib.load(judge, task=task)
     tau, tau_source = (tau, "given") if tau is not None else _tau(policies)
     methods = [p.name for p in policies]
 
@@ -123,7 +124,7 @@ def evaluate_runs(
         "invalid_mass": invalid.mean(-1).tolist(),
         "reference_name": methods[0],
     }
-    # The payoff of the tau-regularized game itself (ALGORITHMS.md 0): a policy that strays
+    # The payoff of the tau-regularized game itself (docs/algorithms.md 0): a policy that strays
     # further from mu can win the raw preference and still lose this one.
     kl = np.asarray(results["kl_to_reference"])
     M = np.asarray(results["win_rate"])

@@ -21,29 +21,23 @@ import os
 import jax
 import numpy as np
 
+from nlhf_jax import judges
 from nlhf_jax.checkpoint import load_policy, policy_identity, run_tokenizer
 from nlhf_jax.errors import UserError
 from nlhf_jax.evaluate import report
 from nlhf_jax.evaluate.sampled import sample_policy, sampled_kl, sampled_win_rates
-from nlhf_jax.judges import load_judge
-from nlhf_jax.prompts import encode_prompt_file
 from nlhf_jax.sampling import SamplingConfig
+from nlhf_jax.sources import encode_prompt_file
 
 
 def load_judges(specs: list[str], tokenizer, vocab_size: int) -> dict[str, object]:
-    """``{name: judge}``: a judge run's workdir, or a text task's ``task.json``."""
-    judges = {}
+    """``{name: judge}`` of ``nlhf_jax.judges.load`` specs: a judge run's workdir, or a text
+    task's ``task.json`` (named "text_task")."""
+    out = {}
     for spec in specs:
-        if spec.endswith(".json"):
-            from nlhf_jax.tasks.text import TextJudge, TextTask
-
-            if not os.path.isfile(spec):
-                raise UserError(f"--judge {spec}: no such file")
-            judges["text_task"] = TextJudge(TextTask.from_json(spec), tokenizer)
-        else:
-            name = os.path.basename(os.path.normpath(spec))
-            judges[name] = load_judge(spec, vocab_size=vocab_size)
-    return judges
+        name = "text_task" if spec.endswith(".json") else os.path.basename(os.path.normpath(spec))
+        out[name] = judges.load(spec, tokenizer=tokenizer, vocab_size=vocab_size)
+    return out
 
 
 def evaluate_on_prompts(
@@ -153,6 +147,11 @@ def evaluate_on_prompts(
     return results
 
 
+def _num(x: float, digits: int = 3) -> str:
+    """``x`` to ``digits`` decimals, never "-0.000" (a tiny negative estimate rounds to 0)."""
+    return f"{round(x, digits) + 0.0:.{digits}f}"
+
+
 def _print(results: dict) -> None:
     methods, c = results["methods"], results["config"]
     print(f"{c['num_prompts']} prompts x {c['samples']} samples per policy")
@@ -167,7 +166,7 @@ def _print(results: dict) -> None:
     width = max(10, *(len(m) + 2 for m in methods))
     print(f"\n{'method':<{width}}{'KL(pi||mu)':>20}{'tokens':>10}{'ended':>10}")
     for i, m in enumerate(methods):
-        kl = f"{results['kl_to_reference'][i]:.3f}±{results['kl_to_reference_stderr'][i]:.3f}"
+        kl = f"{_num(results['kl_to_reference'][i])}±{_num(results['kl_to_reference_stderr'][i])}"
         print(
             f"{m:<{width}}{kl:>20}{results['mean_response_tokens'][i]:>10.1f}"
             f"{results['ended_with_eos'][i]:>10.2f}"

@@ -72,9 +72,11 @@ def plot_win_rates(path: str, methods: list[str], matrices: dict[str, np.ndarray
         ax.set_xlabel("opponent (column)")
         ax.set_title(title, fontsize=10)
     axes[0].set_yticks(range(n), methods)
-    axes[0].set_ylabel("P(row beats column)")
-    fig.colorbar(image, ax=list(axes), shrink=0.8)
+    axes[0].set_ylabel("row (the method that wins with the probability shown)")
+    bar = fig.colorbar(image, ax=list(axes), shrink=0.8)
+    bar.set_label("P(row beats column)")
     fig.savefig(path, dpi=120, bbox_inches="tight")
+    return fig
 
 
 def read_metrics(workdir: str) -> list[dict]:
@@ -143,44 +145,64 @@ def _points(rows: list[dict], kind: str, key: str) -> list[tuple[int, float]]:
     return [(r["step"], r[key]) for r in rows if r.get("kind") == kind and key in r]
 
 
+def _run_tau(workdir: str) -> float | None:
+    """The tau a run trained with (its config.json), if it records one."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        try:
+            return json.load(f).get("tau")
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path} is not JSON: {e}") from None
+
+
 def plot_training_curves(path: str, runs: dict[str, str], reference_gap: float):
-    """Each run's logged ``exact/duality_gap`` (eval rows, at the run's own tau) and training
-    ``loss`` against steps, from its ``metrics.jsonl``; one loss panel per method family
-    (``LOSS_FAMILIES``) and one colour per run throughout. Returns the figure."""
+    """Each run's logged ``exact/duality_gap`` (eval rows, in the game of the run's own tau)
+    and training ``loss`` against steps, from its ``metrics.jsonl``; one loss panel per method
+    family (``LOSS_FAMILIES``; SFT's negative log-likelihood on a log scale) and one colour per
+    run throughout. The reference's own gap is drawn once per tau the runs used (what each
+    run's curve starts from); ``reference_gap`` stands in for runs that logged none. Legends
+    sit beside the panels, not over the curves. Returns the figure."""
     # A bare Figure (no pyplot): nothing global changes, so a notebook's inline plots survive.
     from matplotlib.figure import Figure
 
     colors = method_colors(list(runs))
     gaps, losses = {}, {}  # name -> points; family -> {name: points}
+    references = {}  # tau (or None) -> the reference's duality gap in that game
     for name, workdir in runs.items():
         rows = read_metrics(workdir)
         if gap := _points(rows, "eval", "exact/duality_gap"):
             gaps[name] = gap
+            ref = _points(rows, "eval", "exact/reference_duality_gap")
+            references.setdefault(_run_tau(workdir), ref[0][1] if ref else reference_gap)
         if loss := _points(rows, "train", "loss"):
             family = loss_family(_run_method(workdir, name))
             losses.setdefault(family, {})[name] = loss
-    ncols = min(3, 1 + len(losses))
+    ncols = min(2, 1 + len(losses))
     nrows = -(-(1 + len(losses)) // ncols)
-    fig = Figure(figsize=(5.2 * ncols, 3.9 * nrows))
+    fig = Figure(figsize=(7.4 * ncols, 3.9 * nrows), constrained_layout=True)
     axes = list(fig.subplots(nrows, ncols, squeeze=False).ravel())
     gap_ax = axes[0]
     for name, points in gaps.items():
         gap_ax.plot(*zip(*points, strict=True), marker=".", color=colors[name], label=name)
-    if reference_gap > 0:  # a log axis
-        gap_ax.axhline(reference_gap, color="gray", ls="--", label="reference (mu), this tau")
-    gap_ax.set(
-        xlabel="step", ylabel="duality gap", title="exact/duality_gap logged by each run (its tau)"
-    )
+    styles = iter(("--", ":", "-.", (0, (5, 1))))
+    for tau, gap in sorted(references.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)):
+        if gap > 0:  # a log axis
+            label = "reference mu" + (f", tau {tau:g}" if tau is not None else "")
+            gap_ax.axhline(gap, color="gray", ls=next(styles, "--"), label=label)
+    gap_ax.set(xlabel="step", ylabel="duality gap", title="exact duality gap, each run's own tau")
     gap_ax.set_yscale("log")
     for ax, (family, curves) in zip(axes[1:], losses.items(), strict=False):
         for name, points in curves.items():
             ax.plot(*zip(*points, strict=True), marker=".", color=colors[name], label=name)
         ax.set(xlabel="step", ylabel="loss", title=f"training loss: {family}")
+        if family == LOSS_FAMILIES["sft"]:
+            ax.set_yscale("log")  # it falls by orders of magnitude
     for ax in axes[1 + len(losses) :]:
         ax.set_axis_off()
     for ax in axes:
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    fig.tight_layout()
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.savefig(path, dpi=120)
     return fig

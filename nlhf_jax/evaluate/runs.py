@@ -9,10 +9,7 @@ from __future__ import annotations
 
 from nlhf_jax.checkpoint import PolicyRun, load_policy, policy_identity
 from nlhf_jax.errors import UserError
-from nlhf_jax.judges import load_judge  # noqa: F401  (re-exported: evaluate's judge loader)
 from nlhf_jax.tasks.synthetic import SyntheticTask
-
-Policy = PolicyRun
 
 
 def load_policies(runs: dict[str, str]) -> tuple[list[PolicyRun], SyntheticTask]:

@@ -20,7 +20,8 @@ from nlhf_jax.checkpoint import PolicyRun
 from nlhf_jax.errors import UserError
 from nlhf_jax.evaluate.exact import judge_function
 from nlhf_jax.judges import Judge
-from nlhf_jax.sampling import PolicySampler, SamplingConfig, score_tokens
+from nlhf_jax.logprobs import score_tokens
+from nlhf_jax.sampling import PolicySampler, SamplingConfig
 from nlhf_jax.tasks.synthetic import EOS, PAD, SyntheticTask
 
 

@@ -2,8 +2,8 @@
 
 Public face: `TransformerConfig`, `get_preset`, `Transformer`, `forward`, `forward_full`,
 `KVCache`, `init_cache`, `positions_from_mask`; the pairwise judges' models `PreferenceModel`,
-`RewardModel`, `preference_logits`, `reward_logits` (losses and input checks in
-`nlhf_jax.models.preference`, metrics in `nlhf_jax.models.metrics`). Checkpoint and tokenizer
+`RewardModel`, `pair_logits`, `pair_loss` (in `nlhf_jax.models.preference`, metrics in
+`nlhf_jax.models.metrics`). Checkpoint and tokenizer
 I/O live in the submodules `nlhf_jax.models.hf` and `nlhf_jax.models.tokenizer` (imported on
 demand, since they pull in transformers).
 """
@@ -12,8 +12,8 @@ from nlhf_jax.models.config import PRESETS, RopeScaling, TransformerConfig, get_
 from nlhf_jax.models.preference import (
     PreferenceModel,
     RewardModel,
-    preference_logits,
-    reward_logits,
+    pair_logits,
+    pair_loss,
 )
 from nlhf_jax.models.transformer import (
     KVCache,
@@ -36,7 +36,7 @@ __all__ = [
     "forward_full",
     "get_preset",
     "init_cache",
+    "pair_logits",
+    "pair_loss",
     "positions_from_mask",
-    "preference_logits",
-    "reward_logits",
 ]

@@ -1,4 +1,5 @@
-"""RLP-UML's multi-view information bottleneck heads (ALGORITHMS.md 8), on a judge's last layer.
+"""RLP-UML's multi-view information bottleneck heads (docs/algorithms.md 8), on a judge's last
+layer.
 
 Two Gaussian encoders, ``mu(h)`` and ``logvar(h)``, each a three-layer MLP on the judge's final
 hidden state ``h`` of a view, and a critic ``T(z1, z2)`` (an MLP on the concatenated codes) for

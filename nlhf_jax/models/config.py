@@ -6,9 +6,11 @@ import dataclasses
 
 import jax.numpy as jnp
 
+from nlhf_jax.models.lora import LoRAConfig
+
 # The logical axis names every parameter is annotated with. `nlhf_jax.parallel` maps them to mesh
 # axes; keep this list and its rules in sync.
-LOGICAL_AXES = ("layers", "vocab", "embed", "heads", "kv_heads", "head_dim", "mlp")
+LOGICAL_AXES = ("layers", "vocab", "embed", "heads", "kv_heads", "head_dim", "mlp", "lora")
 ATTENTION_IMPLEMENTATIONS = ("einsum", "dot_product")
 REMAT_POLICIES = ("none", "full", "dots")
 # Fields that choose how the model is computed, not which function or parameters it has: a run
@@ -51,6 +53,8 @@ class TransformerConfig:
       rms_norm_eps: epsilon inside the RMSNorm square root.
       tie_embeddings: if True the output projection is the transposed embedding table.
       qkv_bias: if True the q, k and v projections have biases (Qwen2).
+      qk_norm: if True each query and key head is RMS-normed over head_dim before RoPE, with
+        one learned scale per head dimension shared by the heads (Qwen3).
       param_dtype: storage dtype of the parameters.
       dtype: compute dtype of matmuls and activations (bfloat16 on accelerators, float32 on CPU).
         Norms, softmax and the returned logits are always float32.
@@ -66,6 +70,8 @@ class TransformerConfig:
         (`jax.checkpoint`); "dots": keep the outputs of matmuls without batch dimensions (the
         projections), recompute the rest (`dots_with_no_batch_dims_saveable`). No effect
         without differentiation (sampling, evaluation).
+      lora: low-rank adapters on the projections it targets (``nlhf_jax.models.lora``), or
+        None. A model with adapters trains only them; the rest is its frozen base.
     """
 
     vocab_size: int
@@ -80,12 +86,14 @@ class TransformerConfig:
     rms_norm_eps: float = 1e-6
     tie_embeddings: bool = True
     qkv_bias: bool = False
+    qk_norm: bool = False
     param_dtype: str = "float32"
     dtype: str = "float32"
     max_position_embeddings: int = 2048
     init_std: float = 0.02
     attention: str = "einsum"
     remat: str = "none"
+    lora: LoRAConfig | None = None
 
     def __post_init__(self):
         if self.attention not in ATTENTION_IMPLEMENTATIONS:

@@ -1,4 +1,5 @@
-"""Load and save Llama/Qwen2 checkpoints in the Hugging Face layout (config.json + safetensors).
+"""Load and save Llama/Qwen2/Qwen3 checkpoints in the Hugging Face layout (config.json +
+safetensors).
 
 transformers 5 has no Flax models, so weights are read and written with `safetensors` and mapped
 to our parameter tree here; `transformers.AutoConfig` reads the config. A directory written by
@@ -23,7 +24,7 @@ from nlhf_jax.errors import MissingInput, UserError
 from nlhf_jax.models.config import RopeScaling, TransformerConfig
 from nlhf_jax.models.transformer import Transformer
 
-SUPPORTED = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+SUPPORTED = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 _WEIGHTS = "model.safetensors"
 _INDEX = "model.safetensors.index.json"
 # Buffers some exporters write that carry no learned state; anything else unknown is an error.
@@ -51,7 +52,7 @@ def config_from_hf(
     dtype: str = "float32",
     param_dtype: str = "float32",
 ) -> TransformerConfig:
-    """Translates a transformers Llama/Qwen2 config; raises on features our model lacks."""
+    """Translates a transformers Llama/Qwen2/Qwen3 config; raises on features our model lacks."""
     model_type = hf_config.model_type
     if model_type not in SUPPORTED:
         raise UserError(f"unsupported architecture {model_type!r}; supported: {sorted(SUPPORTED)}")
@@ -60,7 +61,7 @@ def config_from_hf(
         unsupported.append(f"hidden_act={hf_config.hidden_act!r} (only 'silu')")
     if getattr(hf_config, "mlp_bias", False):
         unsupported.append("mlp_bias=True")
-    if model_type == "llama" and getattr(hf_config, "attention_bias", False):
+    if model_type in ("llama", "qwen3") and getattr(hf_config, "attention_bias", False):
         unsupported.append("attention_bias=True (o_proj bias)")
     if getattr(hf_config, "use_sliding_window", False):
         unsupported.append("use_sliding_window=True")
@@ -92,7 +93,8 @@ def config_from_hf(
         rope_scaling=rope_scaling,
         rms_norm_eps=hf_config.rms_norm_eps,
         tie_embeddings=bool(hf_config.tie_word_embeddings),
-        qkv_bias=model_type == "qwen2",  # Qwen2 always has q/k/v biases, Llama (here) never.
+        qkv_bias=model_type == "qwen2",  # Qwen2 always has q/k/v biases, Llama/Qwen3 here never.
+        qk_norm=model_type == "qwen3",
         param_dtype=param_dtype,
         dtype=dtype,
         max_position_embeddings=hf_config.max_position_embeddings,
@@ -100,7 +102,8 @@ def config_from_hf(
 
 
 def hf_config_from(config: TransformerConfig, **overrides) -> transformers.PretrainedConfig:
-    """The transformers config of `config`: Qwen2 if it has q/k/v biases, else Llama.
+    """The transformers config of `config`: Qwen3 if it norms q and k, Qwen2 if it has q/k/v
+    biases, else Llama.
 
     `overrides` (e.g. `bos_token_id=1`) are passed to the transformers config constructor.
     """
@@ -115,7 +118,7 @@ def hf_config_from(config: TransformerConfig, **overrides) -> transformers.Pretr
             high_freq_factor=s.high_freq_factor,
             original_max_position_embeddings=s.original_max_position_embeddings,
         )
-    model_type = "qwen2" if c.qkv_bias else "llama"
+    model_type = "qwen3" if c.qk_norm else "qwen2" if c.qkv_bias else "llama"
     kwargs = dict(
         vocab_size=c.vocab_size,
         hidden_size=c.d_model,
@@ -138,6 +141,11 @@ def hf_config_from(config: TransformerConfig, **overrides) -> transformers.Pretr
             )
         kwargs.update(use_sliding_window=False)
         return transformers.Qwen2Config(**(kwargs | overrides))
+    if model_type == "qwen3":
+        if c.qkv_bias:
+            raise UserError("Qwen3 configs cannot express q/k/v biases without an o_proj bias")
+        kwargs.update(head_dim=c.head_dim, attention_bias=False, use_sliding_window=False)
+        return transformers.Qwen3Config(**(kwargs | overrides))
     kwargs.update(head_dim=c.head_dim, attention_bias=False, mlp_bias=False)
     return transformers.LlamaConfig(**(kwargs | overrides))
 
@@ -156,6 +164,10 @@ def _hf_layout(c: TransformerConfig) -> Iterator[tuple[tuple[str, ...], str, tup
         if c.qkv_bias:
             bias = f"{attn}.{name}_proj.bias"
             yield ("layers", "attn", f"{name}_bias"), bias, shape[:1], "direct"
+    if c.qk_norm:
+        for name in ("q", "k"):
+            norm = ("layers", "attn", f"{name}_norm", "scale")
+            yield norm, f"{attn}.{name}_norm.weight", (c.head_dim,), "direct"
     yield ("layers", "attn", "o_proj"), f"{attn}.o_proj.weight", (d, q_out), "linear"
     mlp = "model.layers.{i}.mlp"
     yield ("layers", "mlp", "gate_proj"), f"{mlp}.gate_proj.weight", (c.mlp_dim, d), "linear"
@@ -292,7 +304,8 @@ def save_pretrained(model: Transformer, path: str, **hf_config_overrides) -> Non
     """Writes config.json and model.safetensors that transformers' PyTorch classes load.
 
     Args:
-      model: the model to export (Qwen2 layout if it has q/k/v biases, else Llama).
+      model: the model to export (Qwen3 layout if it norms q and k, Qwen2 if it has q/k/v
+        biases, else Llama).
       path: output directory, created if needed.
       **hf_config_overrides: extra transformers config fields, e.g. `eos_token_id`.
     """

@@ -1,6 +1,6 @@
 """Pairwise preference model and Bradley-Terry reward model on the transformer backbone.
 
-ALGORITHMS.md section 3. Both models read the batch format used for preference pairs across the
+docs/algorithms.md section 3. Both models read the batch format used for preference pairs across the
 project (numpy or jax arrays):
 
     prompt            int   [b, P]  LEFT-padded
@@ -256,32 +256,14 @@ def _pair_args(batch: Mapping[str, Any]) -> list[Array]:
     return [jnp.asarray(batch[k]) for k in PAIR_FIELDS]
 
 
-# Pure functions on split state (`graphdef, state = nnx.split(model)` once, outside jit).
+# Pure functions on split state (`graphdef, state = nnx.split(model)` once, outside jit), and
+# the loss (docs/algorithms.md section 3: cross-entropy on pairwise labels, hard or soft).
 
 
-def preference_logits(graphdef: nnx.GraphDef, state: nnx.State, batch: Mapping[str, Any]) -> Array:
-    """d(x, a, b) [b] float32 of a `PreferenceModel`; P(a > b) = sigmoid(d). `label` is unused."""
+def pair_logits(graphdef: nnx.GraphDef, state: nnx.State, batch: Mapping[str, Any]) -> Array:
+    """d(x, a, b) [b] float32 of a `PreferenceModel`, or r(x, a) - r(x, b) of a `RewardModel`;
+    P(a > b) = sigmoid of it. `label` is unused."""
     return nnx.merge(graphdef, state).logit(*_pair_args(batch))
-
-
-def reward_logits(graphdef: nnx.GraphDef, state: nnx.State, batch: Mapping[str, Any]) -> Array:
-    """r(x, a) - r(x, b) [b] float32 of a `RewardModel`; P(a > b) = sigmoid of it."""
-    return nnx.merge(graphdef, state).logit(*_pair_args(batch))
-
-
-def rewards(
-    graphdef: nnx.GraphDef,
-    state: nnx.State,
-    prompt: Array,
-    prompt_mask: Array,
-    response: Array,
-    response_mask: Array,
-) -> Array:
-    """r(x, y) [b] float32 of a `RewardModel`, e.g. as the reward of an RLHF baseline."""
-    return nnx.merge(graphdef, state).reward(prompt, prompt_mask, response, response_mask)
-
-
-# Losses (ALGORITHMS.md section 3: cross-entropy on pairwise labels, hard or soft).
 
 
 def preference_cross_entropy(logit_b: Array, label_b: Array) -> Array:
@@ -295,30 +277,16 @@ def preference_cross_entropy(logit_b: Array, label_b: Array) -> Array:
     return -(p_b * jax.nn.log_sigmoid(logit_b) + (1.0 - p_b) * jax.nn.log_sigmoid(-logit_b))
 
 
-def bradley_terry_loss(reward_a_b: Array, reward_b_b: Array, label_b: Array) -> Array:
-    """Per-row Bradley-Terry loss: `preference_cross_entropy` of d = r_a - r_b, [b] float32."""
-    return preference_cross_entropy(
-        reward_a_b.astype(jnp.float32) - reward_b_b.astype(jnp.float32), label_b
-    )
-
-
-def preference_model_loss(
-    state: nnx.State, graphdef: nnx.GraphDef, batch: Mapping[str, Any]
+def pair_loss(
+    graphdef: nnx.GraphDef, state: nnx.State, batch: Mapping[str, Any]
 ) -> tuple[Array, Array]:
-    """Mean cross-entropy of a `PreferenceModel`, and its logits; `jax.value_and_grad`-ready."""
-    logit_b = preference_logits(graphdef, state, batch)
+    """The mean cross-entropy of a judge model on a labelled batch, and its logits
+    (`pair_logits`): Bradley-Terry for a `RewardModel`. What the judge trainer minimizes."""
+    logit_b = pair_logits(graphdef, state, batch)
     return jnp.mean(preference_cross_entropy(logit_b, jnp.asarray(batch["label"]))), logit_b
 
 
-def reward_model_loss(
-    state: nnx.State, graphdef: nnx.GraphDef, batch: Mapping[str, Any]
-) -> tuple[Array, Array]:
-    """Mean Bradley-Terry loss of a `RewardModel`, and its logits r_a - r_b."""
-    logit_b = reward_logits(graphdef, state, batch)
-    return jnp.mean(preference_cross_entropy(logit_b, jnp.asarray(batch["label"]))), logit_b
-
-
-# Initialisation from a policy, and host-side input checks.
+# Initialisation from a policy.
 
 
 def load_backbone(model: PreferenceModel | RewardModel, policy_state: nnx.State) -> None:
@@ -342,54 +310,3 @@ def load_backbone(model: PreferenceModel | RewardModel, policy_state: nnx.State)
 def _shapes(state: nnx.State) -> dict[str, tuple[int, ...]]:
     flat, _ = jax.tree_util.tree_flatten_with_path(state)
     return {jax.tree_util.keystr(path): tuple(np.shape(x)) for path, x in flat}
-
-
-def check_pair_batch(
-    batch: Mapping[str, Any], *, vocab_size: int | None = None, name: str = "batch"
-) -> None:
-    """Fails loudly on a malformed host batch, naming the field and the first bad row.
-
-    Checks: every field present; shapes agree; masks boolean; prompts left-padded and responses
-    right-padded (masks monotone); no empty response; token ids in [0, vocab_size); if a `label`
-    is present, it is finite and in [0, 1]. An empty prompt row is allowed.
-
-    Raises:
-      ValueError: describing the first problem found.
-    """
-    missing = [k for k in PAIR_FIELDS if k not in batch]
-    if missing:
-        raise ValueError(f"{name}: missing fields {missing}; have {sorted(batch)}")
-    arrays = {k: np.asarray(batch[k]) for k in batch}
-    b = arrays["prompt"].shape[0]
-    for tok, mask in zip(PAIR_FIELDS[::2], PAIR_FIELDS[1::2], strict=True):
-        t, m = arrays[tok], arrays[mask]
-        if t.ndim != 2 or t.shape[0] != b or m.shape != t.shape:
-            raise ValueError(
-                f"{name}: {tok} {t.shape} and {mask} {m.shape} must both be [{b}, length]"
-            )
-        if m.dtype != bool:
-            raise ValueError(f"{name}: {mask} must be bool, got {m.dtype}")
-        if not np.issubdtype(t.dtype, np.integer):
-            raise ValueError(f"{name}: {tok} must hold integer token ids, got {t.dtype}")
-        # Left padding: once real, stays real; right padding: once padding, stays padding.
-        step = np.diff(m.astype(np.int8), axis=1)
-        bad = np.any(step < 0 if tok == "prompt" else step > 0, axis=1)
-        if bad.any():
-            side = "left" if tok == "prompt" else "right"
-            raise ValueError(f"{name}: row {int(np.argmax(bad))} of {mask} is not {side}-padded")
-        if tok != "prompt" and not m.any(axis=1).all():
-            raise ValueError(f"{name}: row {int(np.argmin(m.any(axis=1)))} of {tok} is empty")
-        out = m & (t < 0)
-        if vocab_size is not None:
-            out |= m & (t >= vocab_size)
-        if out.any():
-            row = int(np.argmax(out.any(axis=1)))
-            raise ValueError(f"{name}: row {row} of {tok} has ids outside [0, {vocab_size})")
-    if "label" in arrays:
-        label = arrays["label"]
-        if label.shape != (b,):
-            raise ValueError(f"{name}: label has shape {label.shape}, expected ({b},)")
-        bad = ~(np.isfinite(label) & (label >= 0) & (label <= 1))
-        if bad.any():
-            row = int(np.argmax(bad))
-            raise ValueError(f"{name}: row {row} has label {float(label[row])}, not in [0, 1]")

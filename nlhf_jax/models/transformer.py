@@ -8,6 +8,7 @@ Parameter tree (`nnx.state(model)`), with logical axis names in each Param's `ou
     layers.attn.k_proj     [layers, embed, kv_heads, head_dim]     (..., "kv_heads", "head_dim")
     layers.attn.v_proj     [layers, embed, kv_heads, head_dim]
     layers.attn.{q,k,v}_bias  [layers, (kv_)heads, head_dim]       only if `config.qkv_bias`
+    layers.attn.{q,k}_norm.scale [layers, head_dim]                only if `config.qk_norm`
     layers.attn.o_proj     [layers, heads, head_dim, embed]
     layers.mlp_norm.scale  [layers, embed]
     layers.mlp.gate_proj   [layers, embed, mlp]
@@ -22,7 +23,6 @@ with depth. Jitted code should call `forward` on the `nnx.split` state, not the 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import flax.struct
@@ -30,10 +30,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from nlhf_jax.models import lora
+from nlhf_jax.models.attention import ATTENTION, apply_rope, rope_inv_freq
 from nlhf_jax.models.config import TransformerConfig
 
 Array = jax.Array
-_NEG_INF = float(jnp.finfo(jnp.float32).min)  # Finite, so fully masked rows stay NaN-free.
 
 
 @flax.struct.dataclass
@@ -91,8 +92,8 @@ def _param(rngs: nnx.Rngs, init, shape: tuple[int, ...], axes: tuple[str, ...], 
 class RMSNorm(nnx.Module):
     """Root-mean-square norm; the statistic is taken in float32 whatever the compute dtype."""
 
-    def __init__(self, dim: int, eps: float, param_dtype, *, rngs: nnx.Rngs):
-        self.scale = _param(rngs, nnx.initializers.ones, (dim,), ("embed",), param_dtype)
+    def __init__(self, dim: int, eps: float, param_dtype, *, rngs: nnx.Rngs, axis: str = "embed"):
+        self.scale = _param(rngs, nnx.initializers.ones, (dim,), (axis,), param_dtype)
         self.eps = eps
 
     def __call__(self, x_btd: Array) -> Array:
@@ -101,68 +102,6 @@ class RMSNorm(nnx.Module):
         # Cast before scaling, as HF does, so bf16 runs round at the same place.
         return self.scale[...].astype(x_btd.dtype) * normed.astype(x_btd.dtype)
 
-
-def rope_inv_freq(config: TransformerConfig) -> Array:
-    """Inverse frequencies [head_dim // 2] of RoPE, with Llama-3 scaling if configured."""
-    exponent = jnp.arange(0, config.head_dim, 2, dtype=jnp.float32) / config.head_dim
-    inv_freq = 1.0 / (config.rope_theta**exponent)
-    s = config.rope_scaling
-    if s is None:
-        return inv_freq
-    wavelen = 2 * math.pi / inv_freq
-    original = s.original_max_position_embeddings
-    # Long wavelengths are stretched by `factor`, short ones kept, the band between interpolated.
-    smooth = (original / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor)
-    smoothed = (1 - smooth) * inv_freq / s.factor + smooth * inv_freq
-    low_freq_wavelen = original / s.low_freq_factor
-    high_freq_wavelen = original / s.high_freq_factor
-    scaled = jnp.where(wavelen > low_freq_wavelen, inv_freq / s.factor, inv_freq)
-    is_medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
-    return jnp.where(is_medium, smoothed, scaled)
-
-
-def apply_rope(x_btnh: Array, positions_bt: Array, inv_freq_h: Array) -> Array:
-    """Rotates halves (HF `rotate_half` layout) of every head by per-row positions."""
-    angles_bth = positions_bt[..., None].astype(jnp.float32) * inv_freq_h
-    angles_bth = jnp.concatenate([angles_bth, angles_bth], axis=-1)
-    cos = jnp.cos(angles_bth)[:, :, None, :].astype(x_btnh.dtype)
-    sin = jnp.sin(angles_bth)[:, :, None, :].astype(x_btnh.dtype)
-    x1, x2 = jnp.split(x_btnh, 2, axis=-1)
-    return x_btnh * cos + jnp.concatenate([-x2, x1], axis=-1) * sin
-
-
-def einsum_attention(q_btnh: Array, k_bskh: Array, v_bskh: Array, mask_bts: Array) -> Array:
-    """The reference attention [b, t, heads, head_dim]: float32 scores and softmax, probabilities
-    cast to the compute dtype (q's) for the value product. Query head n reads kv head
-    n // (heads // kv_heads), as HF's repeat_kv does. `mask_bts`: query t may read key slot s; a
-    query with no key left gets uniform weights (finite garbage, as at padding positions)."""
-    b, t, n, h = q_btnh.shape
-    kv, dt = k_bskh.shape[2], q_btnh.dtype
-    q_btkgh = q_btnh.reshape(b, t, kv, n // kv, h)
-    scores = jnp.einsum(
-        "btkgh,bskh->bkgts", q_btkgh, k_bskh, preferred_element_type=jnp.float32
-    ) * (h**-0.5)
-    scores = jnp.where(mask_bts[:, None, None], scores, _NEG_INF)
-    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-    out = jnp.einsum("bkgts,bskh->btkgh", probs, v_bskh)
-    return out.reshape(b, t, n, h)
-
-
-def dot_product_attention(q_btnh: Array, k_bskh: Array, v_bskh: Array, mask_bts: Array) -> Array:
-    """`jax.nn.dot_product_attention` with the same mask, scale and grouping as the reference.
-
-    `implementation=None` lets JAX choose the kernel. Its XLA kernel also takes the softmax in
-    float32 and fills masked scores with a large finite negative (-0.7 * float32 max; the
-    reference uses the float32 min), so fully masked queries get the same uniform weights."""
-    h = q_btnh.shape[-1]
-    mask_b1ts = mask_bts[:, None]  # Broadcast over heads.
-    return jax.nn.dot_product_attention(
-        q_btnh, k_bskh, v_bskh, mask=mask_b1ts, scale=h**-0.5, implementation=None
-    )
-
-
-# config.attention -> (q_btnh, k_bskh, v_bskh, mask_bts) -> out_btnh, all in the compute dtype.
-ATTENTION = {"einsum": einsum_attention, "dot_product": dot_product_attention}
 
 # config.remat -> the jax.checkpoint policy of each block (None: save nothing but the inputs).
 CHECKPOINT_POLICIES = {
@@ -191,10 +130,19 @@ class Attention(nnx.Module):
         self.o_proj = _param(
             rngs, normal, (c.num_heads, c.head_dim, c.d_model), ("heads", "head_dim", "embed"), pd
         )
+        q_out = ((c.num_heads, c.head_dim), ("heads", "head_dim"))
+        embed = ((c.d_model,), ("embed",))
+        self.q_proj_lora = lora.adapter(c, "q_proj", *embed, *q_out, rngs)
+        self.k_proj_lora = lora.adapter(c, "k_proj", *embed, kv_shape[1:], kv_axes[1:], rngs)
+        self.v_proj_lora = lora.adapter(c, "v_proj", *embed, kv_shape[1:], kv_axes[1:], rngs)
+        self.o_proj_lora = lora.adapter(c, "o_proj", *q_out, *embed, rngs)
         if c.qkv_bias:
             self.q_bias = _param(rngs, zeros, (c.num_heads, c.head_dim), ("heads", "head_dim"), pd)
             self.k_bias = _param(rngs, zeros, kv_shape[1:], kv_axes[1:], pd)
             self.v_bias = _param(rngs, zeros, kv_shape[1:], kv_axes[1:], pd)
+        if c.qk_norm:
+            self.q_norm = RMSNorm(c.head_dim, c.rms_norm_eps, pd, rngs=rngs, axis="head_dim")
+            self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps, pd, rngs=rngs, axis="head_dim")
         self.config = config
 
     def __call__(
@@ -209,16 +157,27 @@ class Attention(nnx.Module):
         q = jnp.einsum("btd,dnh->btnh", x_btd, self.q_proj[...].astype(dt))
         k = jnp.einsum("btd,dkh->btkh", x_btd, self.k_proj[...].astype(dt))
         v = jnp.einsum("btd,dkh->btkh", x_btd, self.v_proj[...].astype(dt))
+        if self.q_proj_lora is not None:
+            q = q + self.q_proj_lora(x_btd)
+        if self.k_proj_lora is not None:
+            k = k + self.k_proj_lora(x_btd)
+        if self.v_proj_lora is not None:
+            v = v + self.v_proj_lora(x_btd)
         if c.qkv_bias:
             q = q + self.q_bias[...].astype(dt)
             k = k + self.k_bias[...].astype(dt)
             v = v + self.v_bias[...].astype(dt)
+        if c.qk_norm:  # per head, before RoPE (Qwen3)
+            q, k = self.q_norm(q), self.k_norm(k)
         q = apply_rope(q, positions_bt, inv_freq_h)
         k = apply_rope(k, positions_bt, inv_freq_h)
         keys_bskh, values_bskh, carry = kv_update(k, v)
         attend = ATTENTION[c.attention]
         out = attend(q, keys_bskh.astype(dt), values_bskh.astype(dt), mask_bts)
-        return jnp.einsum("btnh,nhd->btd", out, self.o_proj[...].astype(dt)), carry
+        y = jnp.einsum("btnh,nhd->btd", out, self.o_proj[...].astype(dt))
+        if self.o_proj_lora is not None:
+            y = y + self.o_proj_lora(out)
+        return y, carry
 
 
 class MLP(nnx.Module):
@@ -230,12 +189,20 @@ class MLP(nnx.Module):
         self.gate_proj = _param(rngs, normal, (c.d_model, c.mlp_dim), ("embed", "mlp"), pd)
         self.up_proj = _param(rngs, normal, (c.d_model, c.mlp_dim), ("embed", "mlp"), pd)
         self.down_proj = _param(rngs, normal, (c.mlp_dim, c.d_model), ("mlp", "embed"), pd)
+        embed, mlp = ((c.d_model,), ("embed",)), ((c.mlp_dim,), ("mlp",))
+        self.gate_proj_lora = lora.adapter(c, "gate_proj", *embed, *mlp, rngs)
+        self.up_proj_lora = lora.adapter(c, "up_proj", *embed, *mlp, rngs)
+        self.down_proj_lora = lora.adapter(c, "down_proj", *mlp, *embed, rngs)
         self.dtype = c.jnp_dtype
 
+    def _project(self, name: str, x: Array) -> Array:
+        y = x @ getattr(self, name)[...].astype(self.dtype)
+        ad = getattr(self, f"{name}_lora")
+        return y if ad is None else y + ad(x)
+
     def __call__(self, x_btd: Array) -> Array:
-        dt = self.dtype
-        gate = jax.nn.silu(x_btd @ self.gate_proj[...].astype(dt))
-        return (gate * (x_btd @ self.up_proj[...].astype(dt))) @ self.down_proj[...].astype(dt)
+        gate = jax.nn.silu(self._project("gate_proj", x_btd))
+        return self._project("down_proj", gate * self._project("up_proj", x_btd))
 
 
 class Block(nnx.Module):
@@ -346,13 +313,17 @@ class Transformer(nnx.Module):
             new_cache = KVCache(k=k, v=v, key_valid=key_valid_bs, end=cache.end + t)
         return self.final_norm(x_btd), new_cache
 
-    def logits(self, h_btd: Array) -> Array:
-        """Float32 logits [b, t, vocab] from final-normed hidden states."""
+    def output_weights(self) -> Array:
+        """The output projection [d_model, vocab] in the compute dtype (the transposed embedding
+        when tied)."""
         dt = self.config.jnp_dtype
         if self.config.tie_embeddings:
-            w_dv = self.embed[...].astype(dt).T
-        else:
-            w_dv = self.lm_head[...].astype(dt)
+            return self.embed[...].astype(dt).T
+        return self.lm_head[...].astype(dt)
+
+    def logits(self, h_btd: Array) -> Array:
+        """Float32 logits [b, t, vocab] from final-normed hidden states."""
+        w_dv = self.output_weights()
         return jnp.einsum("btd,dv->btv", h_btd, w_dv, preferred_element_type=jnp.float32)
 
     def __call__(self, tokens_bt, positions_bt, cache=None, input_mask_bt=None):

@@ -3,7 +3,7 @@
 Every algorithm has the shape ``f(P, mu, tau_or_beta, num_steps, ...) -> pi[num_steps + 1, n]``
 (the initial policy first), is jitted with ``num_steps`` static, runs as a ``lax.scan`` over log
 probabilities (so tiny probabilities stay exact), and batches over games, contexts or
-hyper-parameters with ``jax.vmap``. Equations: ALGORITHMS.md sections 1, 4, 5, 6 and 7.
+hyper-parameters with ``jax.vmap``. Equations: docs/algorithms.md sections 1, 4, 5, 6 and 7.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def nash_md_schedule(tau, t):
 
 @functools.partial(jax.jit, static_argnames="num_steps")
 def nash_md(P, mu, tau, num_steps: int, eta=None, pi0=None) -> Array:
-    """Nash-MD (ALGORITHMS.md 1): a mirror-descent step against the geometric mixture.
+    """Nash-MD (docs/algorithms.md 1): a mirror-descent step against the geometric mixture.
 
     ``pi^mu ∝ pi^(1 - eta tau) mu^(eta tau)``, ``pi' ∝ pi^mu exp(eta P pi^mu)``. ``eta=None`` uses
     ``eta_t = 2 / (tau (t + 2))``, for which ``KL(pi*, pi_T) <= 8 / (tau^2 (T + 1))``.
@@ -74,7 +74,7 @@ def online_mirror_descent(P, mu, tau, num_steps: int, eta=None, pi0=None) -> Arr
 
 @functools.partial(jax.jit, static_argnames="num_steps")
 def inpo(P, mu, tau, num_steps: int, eta=None, pi0=None) -> Array:
-    """INPO's rounds with the exact minimizer of its population loss (ALGORITHMS.md 6).
+    """INPO's rounds with the exact minimizer of its population loss (docs/algorithms.md 6).
 
     Minimizing ``E_{y, y' ~ pi_t}[(h_t(pi, y_w, y_l) - 1/(2 eta))^2]`` gives
     ``log pi_{t+1} = (tau/eta) log mu + (1 - tau/eta) log pi_t + P pi_t / eta + c``: OMD with step
@@ -87,7 +87,7 @@ def inpo(P, mu, tau, num_steps: int, eta=None, pi0=None) -> Array:
 
 @functools.partial(jax.jit, static_argnames="num_steps")
 def nash_mirror_prox(P, mu, beta, num_steps: int, eta=None, pi0=None) -> Array:
-    """Nash-MP (ALGORITHMS.md 4): two prox steps per iteration, both anchored at ``pi_k``.
+    """Nash-MP (docs/algorithms.md 4): two prox steps per iteration, both anchored at ``pi_k``.
 
     Closed form ``log pi' = [log pi_k + eta log mu + (eta/beta) P opp] / (1 + eta) + c`` with
     ``opp = pi_k`` for the half step and ``pi_{k+1/2}`` for the full one. ``eta=None`` is
@@ -101,7 +101,7 @@ def nash_mirror_prox(P, mu, beta, num_steps: int, eta=None, pi0=None) -> Array:
 
 @functools.partial(jax.jit, static_argnames="num_steps")
 def extragradient(P, mu, beta, num_steps: int, lr=None, pi0=None) -> Array:
-    """EGPO's tabular form (ALGORITHMS.md 7): extragradient in logit space on the operator
+    """EGPO's tabular form (docs/algorithms.md 7): extragradient in logit space on the operator
     ``F(theta) = beta (theta - log mu) - P softmax(theta)``, evaluated in full at the half step.
 
     ``lr=None`` uses ``1 / (beta + 1)``: ``F`` is ``(beta + 1/2)``-Lipschitz (the softmax Jacobian
@@ -147,8 +147,8 @@ def fictitious_play(P, mu, tau, num_steps: int, pi0=None) -> Array:
 
 @functools.partial(jax.jit, static_argnames="num_steps")
 def ipo_md(P, mu, tau, num_steps: int, beta=0.125, lr=0.05, pi0=None) -> Array:
-    """IPO-MD (ALGORITHMS.md 5): descent on the population IPO loss with pairs drawn (stop-gradient)
-    from the geometric mixture ``pi^(1-beta) mu^beta``, labels weighted by ``P``.
+    """IPO-MD (docs/algorithms.md 5): descent on the population IPO loss with pairs drawn
+    (stop-gradient) from the geometric mixture ``pi^(1-beta) mu^beta``, labels weighted by ``P``.
 
     Each step is a natural-gradient step on :func:`objectives.ipo_loss` (the gradient divided by
     its diagonal curvature ``4 m(y)``). Its fixed point's mixture is the NE at ``tau/(1-beta)``;

@@ -1,7 +1,7 @@
 """Preference games on a finite response set.
 
 A game is a matrix ``P[i, j] = P(y_i > y_j)`` with ``P + P.T = 1`` (so ``P[i, i] = 1/2``) and a
-reference policy ``mu``. ALGORITHMS.md section 0. Contextual games are stacks ``P[c, n, n]``.
+reference policy ``mu``. docs/algorithms.md section 0. Contextual games are stacks ``P[c, n, n]``.
 """
 
 from __future__ import annotations

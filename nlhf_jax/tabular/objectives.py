@@ -16,7 +16,7 @@ def _pairwise(v: Array) -> Array:
 
 
 def ipo_loss(logpi: Array, log_m: Array, log_mu: Array, P: Array, tau) -> Array:
-    """Online IPO / IPO-MD population loss with soft labels (ALGORITHMS.md 5).
+    """Online IPO / IPO-MD population loss with soft labels (docs/algorithms.md 5).
 
     Pairs ``(y, y') ~ m x m``; the ordering ``y > y'`` has weight ``P[y, y']`` and the reverse
     ``1 - P[y, y']``: ``E[p (h - 1/(2 tau))^2 + (1 - p)(-h - 1/(2 tau))^2]`` with
@@ -29,7 +29,8 @@ def ipo_loss(logpi: Array, log_m: Array, log_mu: Array, P: Array, tau) -> Array:
 
 
 def inpo_loss(logpi: Array, logpi_t: Array, log_mu: Array, P: Array, tau, eta) -> Array:
-    """INPO's population loss (ALGORITHMS.md 6): pairs from ``pi_t``, ordered by the preference.
+    """INPO's population loss (docs/algorithms.md 6): pairs from ``pi_t``, ordered by the
+    preference.
 
     ``h_t = log pi(y)/pi(y') - (tau/eta) log mu(y)/mu(y') - (1 - tau/eta) log pi_t(y)/pi_t(y')``,
     ``L = E[(h_t(y_w, y_l) - 1/(2 eta))^2]``; the pair (y, y') is ordered y_w = y with probability

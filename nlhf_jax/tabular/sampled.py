@@ -1,5 +1,5 @@
 """Methods that see the game only through sampled pairs: stochastic Nash-MD-PG on softmax logits
-and the Bradley-Terry RLHF baseline. ALGORITHMS.md sections 2 and 3.
+and the Bradley-Terry RLHF baseline. docs/algorithms.md sections 2 and 3.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ def pg_gradient_estimate(
     theta: Array, log_mu: Array, y: Array, y_opp: Array, P: Array, tau
 ) -> Array:
     """The Nash-MD-PG estimate of the gradient of ``P(pi > opp) - tau KL(pi || mu)`` w.r.t. the
-    logits ``theta`` from sampled pairs ``y ~ pi``, ``y' ~ opp`` (ALGORITHMS.md 2):
+    logits ``theta`` from sampled pairs ``y ~ pi``, ``y' ~ opp`` (docs/algorithms.md 2):
     ``mean[grad log pi(y) (P[y, y'] - 1/2 - tau log(pi(y)/mu(y)))]``. The 1/2 is the baseline.
     """
     logpi = jax.nn.log_softmax(theta)
@@ -30,7 +30,8 @@ def pg_gradient_estimate(
 def nash_md_pg(
     P, mu, tau, num_steps: int, key: Array, beta=0.125, lr=0.5, batch_size: int = 64, pi0=None
 ) -> Array:
-    """Nash-MD-PG on a softmax policy ``pi = softmax(theta)`` with sampled pairs (ALGORITHMS.md 2).
+    """Nash-MD-PG on a softmax policy ``pi = softmax(theta)`` with sampled pairs (docs/algorithms.md
+    section 2).
 
     Each step draws ``y ~ pi`` and ``y' ~ pi^(1-beta) mu^beta`` (stop-gradient), and ascends
     :func:`pg_gradient_estimate`: the KL enters in score-function form. A response is one action

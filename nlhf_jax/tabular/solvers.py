@@ -1,5 +1,5 @@
 """Exact solutions of preference games: the regularized Nash equilibrium, the unregularized NE by
-linear programming, best responses and the duality gap. ALGORITHMS.md section 0.
+linear programming, best responses and the duality gap. docs/algorithms.md section 0.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def duality_gap(P: Array, mu: Array, tau: float, pi: Array) -> Array:
 
 
 def _mirror_prox_logits(P, mu, tau, logpi, eta):
-    """One Nash-MP iteration in log space (ALGORITHMS.md section 4, closed form)."""
+    """One Nash-MP iteration in log space (docs/algorithms.md section 4, closed form)."""
 
     def prox(opp):
         return jax.nn.log_softmax((logpi + eta * jnp.log(mu) + (eta / tau) * P @ opp) / (1 + eta))

@@ -62,6 +62,8 @@ class SyntheticTask:
     behaviour_quality: float = 1.0
     behaviour_style_bias: float = 1.5
 
+    jittable = True  # as a judge (the oracle, ``nlhf_jax.judges``): pure jnp on token ids
+
     @property
     def vocab_size(self) -> int:
         return _FIRST_SYMBOL + 2 * self.num_symbols

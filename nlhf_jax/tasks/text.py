@@ -250,34 +250,6 @@ class TextTask:
         return cls(**{f.name: raw[f.name] for f in dataclasses.fields(cls) if f.name in raw})
 
 
-class TextJudge:
-    """The task's judge on token ids, with the project's judge signature.
-
-    Host-side and NOT jittable: it decodes the tokens to text and parses them in Python. Call it
-    outside `jax.jit` (arrays are converted with `np.asarray`).
-    """
-
-    def __init__(self, task: TextTask, tokenizer):
-        self.task, self.tokenizer = task, tokenizer
-
-    def _decode(self, ids, mask) -> list[str]:
-        ids, mask = np.asarray(ids), np.asarray(mask, bool)
-        rows = [row[m].tolist() for row, m in zip(ids, mask, strict=True)]
-        return self.tokenizer.batch_decode(rows, skip_special_tokens=True)
-
-    def logit(self, prompt, prompt_mask, response_a, response_a_mask, response_b, response_b_mask):
-        """The judge's logit [b] float64 (prompts left-padded, responses right-padded)."""
-        return self.task.logit(
-            self._decode(prompt, prompt_mask),
-            self._decode(response_a, response_a_mask),
-            self._decode(response_b, response_b_mask),
-        )
-
-    def __call__(self, *pair_arrays):
-        """``P(a > b | prompt)`` [b] float64; arguments as in `logit`."""
-        return _sigmoid(self.logit(*pair_arrays))
-
-
 def _style(response: str) -> int:
     parsed = parse_response(response)
     return -1 if parsed is None else parsed[0]
@@ -382,7 +354,11 @@ def write_task_files(
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, str]:
-    parser = argparse.ArgumentParser(description="Write the offline text task's files.")
+    parser = argparse.ArgumentParser(
+        prog="python -m nlhf_jax.tasks.text",
+        description="Write the offline text task's files.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-demos", type=int, default=4000)

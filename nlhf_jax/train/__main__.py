@@ -1,13 +1,20 @@
 """Training entry point.
 
     python -m nlhf_jax.train --config configs/<method>.py --workdir DIR [--config.key=value ...]
-    python -m nlhf_jax.train        # the embedded default: the whole pipeline into runs/demo
+    python -m nlhf_jax.train --config configs/<method>.py --print_config   # every key
+    python -m nlhf_jax.train        # the embedded default: the demo pipeline into runs/demo
 
-Resumes from the latest checkpoint in DIR; SIGTERM saves and exits. A config key that does not
-exist is an error (the config is locked). Without --config it runs ``nlhf_jax.train.demo`` (as
-``--config configs/demo.py`` does, which also takes overrides). A user's mistake (a bad file, a
-wrong key or value, a missing run) ends in one ``error:`` line and exit status 2. The libraries'
-logs and warnings are silenced unless ``--verbose`` is given (``nlhf_jax.console``).
+A config with a ``pipeline`` key runs that pipeline (``nlhf_jax.pipelines``: ``demo``, ``rlp``),
+any other trains ``config.method``. Without --config it runs the demo pipeline (as
+``--config configs/demo.py`` does, which also takes overrides).
+
+Resumes from the latest checkpoint in DIR. The resolved config is written to
+``DIR/config.json``; resuming with other values of keys that change what is trained is refused
+(``nlhf_jax.train.settings``) unless ``--allow_changes``. Ctrl-C and SIGTERM save the state and
+end the process with status 130 / 143 and one line saying so. A config key that does not exist
+and an impossible value are errors; a user's mistake (a bad file, a wrong key or value, a
+missing run) ends in one ``error:`` line and exit status 2. The libraries' logs and warnings
+are silenced unless ``--verbose`` is given (``nlhf_jax.console``).
 
 Several processes (GPU nodes, TPU hosts): start the same command in each; SLURM, Open MPI and
 TPU pod environments are detected, or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
@@ -18,17 +25,22 @@ writes each checkpoint from all of them.
 
 from __future__ import annotations
 
+import difflib
+import importlib.util
 import os
+import re
 import sys
 
 import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from nlhf_jax import parallel
+from nlhf_jax import parallel, sources
 from nlhf_jax.console import quiet_libraries
 from nlhf_jax.errors import UserError, exit_on_user_error
-from nlhf_jax.train import demo, loop, methods, rlp
+from nlhf_jax.pipelines import PIPELINES
+from nlhf_jax.pipelines.demo import demo_config
+from nlhf_jax.train import loop, methods, settings
 from nlhf_jax.train.guard import DivergenceGuard
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file.", lock_config=True)
@@ -38,20 +50,105 @@ _WORKDIR = flags.DEFINE_string(
 _VERBOSE = flags.DEFINE_boolean(
     "verbose", False, "Show the libraries' logs, warnings and progress bars (absl, tfds, orbax)."
 )
+_PRINT_CONFIG = flags.DEFINE_boolean(
+    "print_config", False, "Print every config key with its value (and default) and exit."
+)
+_ALLOW_CHANGES = flags.DEFINE_boolean(
+    "allow_changes", False, "Resume even if keys that change what is trained differ."
+)
+
+HELP = """usage: python -m nlhf_jax.train [--config FILE[:ARG]] [--workdir DIR]
+                                [--config.KEY=VALUE ...] [--print_config] [--allow_changes]
+                                [--verbose]
+
+Trains one method (configs/<method>.py) or runs a pipeline (configs/demo.py, configs/rlp_*.py)
+into --workdir, resuming from its latest checkpoint. Without --config: the demo into runs/demo.
+
+The keys set first (--config.KEY=VALUE):
+  num_steps, batch_size, micro_batch_size, optimizer.learning_rate, seed,
+  eval_every, checkpoint_every, log_every,
+  tau, beta (the online methods'), init_from (the SFT run), judge (a judge run or 'oracle'),
+  model.hf_checkpoint, data.train_file, data.prompts_file, lora.rank
+
+  --print_config     print every key of the config with its value and default, then exit
+  --allow_changes    resume although keys that change what is trained differ from the run's
+  --verbose          show the libraries' logs and warnings
+
+Docs: README.md and docs/ (docs/text.md for your own model and data)."""
+
+
+def _config_keys(argv: list[str]) -> list[str] | None:
+    """The dotted keys of the config ``--config`` names (None if it cannot be loaded)."""
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if spec is None and "--config" in argv[:-1]:
+        spec = argv[argv.index("--config") + 1]
+    try:
+        if spec is None:
+            return list(settings.flatten(demo_config()))
+        path, _, arg = spec.partition(":")
+        module_spec = importlib.util.spec_from_file_location("_config", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        config = module.get_config(arg) if arg else module.get_config()
+        return list(settings.flatten(config))
+    except Exception:  # the config file itself is broken: absl reports that
+        return None
+
+
+def _unknown_key(error: Exception, argv: list[str]) -> str:
+    """One line for an override of a key the config lacks, with the closest key if any."""
+    message = str(error)
+    found = re.search(r"'([^'\\]+)'", message.replace('\\"', '"'))
+    key = found.group(1) if found else message.strip("\"'")
+    given = next(
+        (a for a in argv[1:] if a.startswith("--config.") and key in a.split("=")[0]), None
+    )
+    dotted = given.split("=")[0][len("--config.") :] if given else key
+    line = f"error: the config has no key '{dotted}'"
+    if given:
+        line = f"error: {given}: the config has no key '{dotted}'"
+    keys = _config_keys(argv) or []
+    close = difflib.get_close_matches(dotted, keys, n=1, cutoff=0.6)
+    return line + (f"; did you mean '{close[0]}'?" if close else "")
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-    """absl's parsing, with a config key that does not exist named in one line, not a trace."""
+    """absl's parsing, with ``--help`` answered (exit 0) and a mistake in one line, no trace."""
+    if any(a in ("--help", "-h", "--helpfull", "-?") for a in argv[1:]):
+        print(HELP)
+        sys.exit(0)
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
-        print(f"error: {e}", file=sys.stderr)
+        text = str(e)
+        if isinstance(e.__cause__, (AttributeError, KeyError)) or "Did you mean" in text:
+            print(_unknown_key(e.__cause__ or e, argv), file=sys.stderr)
+        else:
+            print(f"error: {text}", file=sys.stderr)
     except (AttributeError, KeyError) as e:  # ml_collections: an override of an unknown key
-        key = str(e).strip("\"'")
-        given = [a for a in argv[1:] if a.startswith("--config.") and key in a.split("=")[0]]
-        where = f" (from {given[0]})" if given else ""
-        print(f"error: the config has no key {key!r}{where}", file=sys.stderr)
+        print(_unknown_key(e, argv), file=sys.stderr)
     sys.exit(2)
+
+
+def _print_config(config) -> None:
+    """Every key with its value, and the file's default where an override changed it."""
+    defaults = settings.flatten(_defaults())
+    for key, value in settings.flatten(config).items():
+        default = defaults.get(key, value)
+        note = "" if default == value else f"   (default: {default!r})"
+        print(f"{key} = {value!r}{note}")
+
+
+def _defaults():
+    """The config of ``--config`` without overrides."""
+    spec = config_flags.get_config_filename(flags.FLAGS["config"]) if _CONFIG.value else None
+    if spec is None:
+        return demo_config()
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("_config_defaults", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
 
 
 def _build(config, workdir: str) -> loop.Trainer:
@@ -61,7 +158,7 @@ def _build(config, workdir: str) -> loop.Trainer:
     directory."""
     k = jax.process_index()
     if k > 0:
-        data_dir = config.data.data_dir or os.path.join(workdir, "data")
+        data_dir = sources.data_dir(config, workdir)
         with config.unlocked():
             config.data.data_dir = os.path.join(data_dir, f"process_{k}")
     return methods.build(config, workdir)
@@ -69,26 +166,33 @@ def _build(config, workdir: str) -> loop.Trainer:
 
 def _train() -> None:
     parallel.maybe_initialize_distributed()  # several processes: jax.distributed, before all
-    config = _CONFIG.value if _CONFIG.value is not None else demo.demo_config()
-    if jax.process_count() > 1 and config.method in ("demo", "rlp"):
-        raise UserError(
-            f"the {config.method} pipeline runs in one process; under several processes run "
-            "one method's config (python -m nlhf_jax.train --config configs/<method>.py)"
-        )
-    if config.method == "demo":
-        demo.run(config, _WORKDIR.value or "runs/demo")
+    config = _CONFIG.value if _CONFIG.value is not None else demo_config()
+    if _PRINT_CONFIG.value:
+        _print_config(config)
         return
-    if config.method == "rlp":  # a whole RLP pipeline (configs/rlp_*.py, nash_md_rlp.py)
-        if not _WORKDIR.value:
-            raise app.UsageError("--workdir is required")
-        rlp.run(config, _WORKDIR.value)
+    settings.validate(config)
+    pipeline = config.get("pipeline")
+    if pipeline:
+        if pipeline not in PIPELINES:
+            raise UserError(f"config.pipeline={pipeline!r}: choose one of {sorted(PIPELINES)}")
+        if jax.process_count() > 1:
+            raise UserError(
+                f"the {pipeline} pipeline runs in one process; under several processes run "
+                "one method's config (python -m nlhf_jax.train --config configs/<method>.py)"
+            )
+        if not _WORKDIR.value and pipeline != "demo":
+            raise UserError("--workdir is required")
+        workdir = _WORKDIR.value or "runs/demo"
+        PIPELINES[pipeline](config, workdir, allow_changes=_ALLOW_CHANGES.value)
         return
     if not _WORKDIR.value:
-        raise app.UsageError("--workdir is required")
-    trainer = _build(config, _WORKDIR.value)
+        raise UserError("--workdir is required")
+    workdir = _WORKDIR.value
+    settings.record(workdir, config, _ALLOW_CHANGES.value, say=_say)
+    trainer = _build(config, workdir)
     loop.run(
         trainer,
-        _WORKDIR.value,
+        workdir,
         num_steps=config.num_steps,
         checkpoint_every=config.checkpoint_every,
         eval_every=config.eval_every,
@@ -96,6 +200,12 @@ def _train() -> None:
         max_to_keep=config.max_to_keep,
         guard=DivergenceGuard(**config.guard),
     )
+    loop.say_written(workdir)
+
+
+def _say(line: str) -> None:
+    if jax.process_index() == 0:
+        print(line, flush=True)
 
 
 def main(argv) -> None:

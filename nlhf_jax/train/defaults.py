@@ -1,81 +1,59 @@
-"""Default settings shared by the config files in ``configs/`` (each file overrides a few)."""
+"""Default settings of every run; the files in ``configs/`` start from these and set a few.
+
+``base_config(method)`` is one run of one trainer: the keys every run has (``common_config``)
+plus the method's own. An online method's hyperparameters come from its frozen dataclass
+(``Method.params``: ``tau``, ``beta``, ...), so its defaults live in one place and its runs
+have exactly its keys.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
 
+from nlhf_jax.errors import UserError
+from nlhf_jax.train import online
 
-def base_config(method: str) -> ml_collections.ConfigDict:
+# The trainers besides the online methods.
+SUPERVISED = ("sft", "preference_model", "reward_model")
+
+
+def common_config() -> ml_collections.ConfigDict:
+    """The keys every run (and every pipeline) has."""
     c = ml_collections.ConfigDict()
-    c.method = method
     c.seed = 0
     c.num_steps = 600
     c.batch_size = 64
+    # Micro-batches: the gradient of each batch taken micro_batch_size rows at a time and
+    # accumulated inside the step (one update per batch, the activations of a micro-batch);
+    # 0: the whole batch at once. Online methods sample the whole batch first.
+    c.micro_batch_size = 0
     c.log_every = 20
     c.eval_every = 100
     c.checkpoint_every = 100
     c.max_to_keep = 3
-    # The transformer: a preset from nlhf_jax.models.PRESETS plus overrides; the vocabulary size
-    # comes from the data (the task's or the tokenizer's) unless set here.
-    # Policy methods: the SFT run whose policy is the reference and the start, the judge ("oracle"
-    # for the synthetic task's exact preference, or a preference_model run's workdir), tau and
-    # the mixture weight beta of Nash-MD-PG (NLHF: tau = 0.008, beta = 0.125 on TL;DR).
-    c.init_from = ""
-    c.judge = "oracle"
-    c.tau = 0.1
-    c.beta = 0.125
-    # Method-specific (see nlhf_jax/train/online.py): the RLHF baseline's reward_model run;
-    # Nash-EMA-PG's EMA decay; Nash-MP's eta and M policy-gradient steps per prox step (the anchor
-    # is re-set every 2M steps); INPO's eta (public code: tau / eta = 1/3) and round length.
-    c.reward_model = ""
-    c.ema_decay = 0.99
-    c.mp_eta = 0.2
-    c.mp_steps = 10
-    c.inpo_eta = 0.3
-    c.inpo_round_steps = 100
-    # The device mesh of every trainer's step (nlhf_jax/train/placement.py):
+    # The device mesh of every trainer's step (nlhf_jax/train/step.py):
     # nlhf_jax.parallel.MeshConfig (axes data/fsdp/tensor, their shape, the logical-axis rules)
     # over the first num_devices devices (0: all of them, in every process). Default: all
     # devices data-parallel. device_memory_gb: the memory per device the pre-compile check
     # allows (0: what the backend reports; CPU reports none, so nothing is checked there).
     c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1), num_devices=0, device_memory_gb=0.0))
-    # Sampling of the online methods' responses (0 / 1.0: off). The losses treat samples as drawn
-    # from pi itself, so a temperature or top-k/top-p other than the default makes them
-    # approximate. max_new_tokens 0: the task's response length, or data.max_response_len.
+    # Sampling (online methods' responses, evaluation texts); 0 / 1.0: off. The losses treat
+    # samples as drawn from pi itself, so a temperature or top-k/top-p other than the default
+    # makes them approximate. max_new_tokens 0: the task's response length, or
+    # data.max_response_len.
     c.sampling = ml_collections.ConfigDict(
         dict(temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=0)
     )
-    # hf_checkpoint: a local Hugging Face directory (config.json + safetensors; Llama or Qwen2):
-    # the SFT policy starts from it, preference/reward models take its backbone (fresh head).
-    # Its architecture replaces the preset's; its tokenizer is used unless data.tokenizer is set.
     # The divergence guard (nlhf_jax/train/guard.py): stop on a non-finite metric, a sampled
     # KL(pi || mu) above max_kl, or an exact invalid mass above max_invalid_mass (0: off).
     c.guard = ml_collections.ConfigDict(dict(finite=True, max_kl=10.0, max_invalid_mass=0.5))
-    # RLP (nlhf_jax/train/rlp.py, ALGORITHMS.md 8). A preference or reward model run with
-    # `samples` (a policy-sample set) is a refreshed judge: "spg" adds the synthetic pairs to
-    # its data, "uml" adds uml_weight * L_M on view pairs through Gaussian codes of code_dim
-    # (MLPs of width hidden), "spg+uml" both. The pipeline (method "rlp") trains policy_method
-    # from SFT, draws num_samples per prompt for num_prompts prompts, groups them by
-    # `equivalence` ("task": the synthetic task's (quality, style); "exact": same tokens), keeps
-    # prompts whose largest group has a share >= gamma, and trains again from SFT. sft, judge
-    # and stage1 name existing runs to reuse (empty: trained in WORKDIR).
-    c.rlp = ml_collections.ConfigDict(
-        dict(
-            mode="spg",
-            policy_method="rlhf",
-            samples="",
-            sft="",
-            judge="",
-            stage1="",
-            num_prompts=2000,
-            num_samples=10,
-            gamma=0.5,
-            equivalence="task",
-            uml_weight=0.5,
-            code_dim=16,
-            hidden=64,
-        )
-    )
+    # The transformer: a preset from nlhf_jax.models.PRESETS plus overrides; the vocabulary size
+    # comes from the data (the task's or the tokenizer's) unless set here. hf_checkpoint: a
+    # local Hugging Face directory (config.json + safetensors; Llama or Qwen2): the SFT policy
+    # starts from it, preference/reward models take its backbone (fresh head). Its architecture
+    # replaces the preset's; its tokenizer is used unless data.tokenizer is set.
     c.model = ml_collections.ConfigDict(
         dict(
             hf_checkpoint="",
@@ -98,6 +76,13 @@ def base_config(method: str) -> ml_collections.ConfigDict:
             attention="",
             remat="",
         )
+    )
+    # LoRA (nlhf_jax/models/lora.py): rank > 0 trains low-rank adapters on the named
+    # projections of a pretrained policy (model.hf_checkpoint for SFT, the init_from run for the
+    # online methods) and keeps its weights frozen; the frozen base is also the reference.
+    # The update is (alpha / rank) x A B. 0: full fine-tuning.
+    c.lora = ml_collections.ConfigDict(
+        dict(rank=0, alpha=16.0, targets="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")
     )
     c.optimizer = ml_collections.ConfigDict(
         dict(learning_rate=3e-3, warmup_steps=20, weight_decay=0.0, max_grad_norm=1.0)
@@ -137,4 +122,40 @@ def base_config(method: str) -> ml_collections.ConfigDict:
             max_response_len=128,
         )
     )
+    return c
+
+
+def refresh_config() -> ml_collections.ConfigDict:
+    """RLP's refresh of a judge (nlhf_jax/train/refresh.py, docs/algorithms.md section 8). A
+    preference or reward model run with ``samples`` (a policy-sample set) is a refreshed judge:
+    "spg" adds the synthetic pairs to its data, "uml" adds uml_weight * L_M on view pairs
+    through Gaussian codes of code_dim (MLPs of width hidden), "spg+uml" both; gamma: SPG's
+    confidence threshold."""
+    return ml_collections.ConfigDict(
+        dict(samples="", mode="spg", gamma=0.5, uml_weight=0.5, code_dim=16, hidden=64)
+    )
+
+
+def base_config(method: str) -> ml_collections.ConfigDict:
+    """The config of one ``method`` run: ``sft``, ``preference_model``, ``reward_model`` or a
+    registered online method (``nlhf_jax.train.online.METHODS``)."""
+    if method not in SUPERVISED and method not in online.METHODS:
+        known = ", ".join([*SUPERVISED, *sorted(online.METHODS)])
+        raise UserError(f"unknown method {method!r}; known methods: {known}")
+    c = common_config()
+    c.method = method
+    if method in ("preference_model", "reward_model"):
+        # The backbone's run: empty for the checkpoint's (model.hf_checkpoint) or a fresh one.
+        c.init_from = ""
+        c.rlp = refresh_config()
+    elif method in online.METHODS:
+        # The SFT run whose policy is the reference and the start; the judge ("oracle": the
+        # synthetic task's exact preference, or a preference_model / reward_model run's
+        # workdir; RLHF's must give a reward); the method's hyperparameters.
+        c.init_from = ""
+        c.judge = "" if online.METHODS[method].needs_reward else "oracle"
+        for field in dataclasses.fields(online.METHODS[method].params):
+            if field.name in c:
+                raise ValueError(f"{method}: hyperparameter {field.name!r} shadows a config key")
+            c[field.name] = field.default
     return c

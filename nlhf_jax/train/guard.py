@@ -15,8 +15,7 @@ collapsed policy without a word. Three checks, each off when its limit is 0:
 The invalid-mass check needs the start (the step-0 evaluation, read back from metrics.jsonl on
 a resume): a run without one is not checked for it. Relative to the start, a policy that began
 with much invalid mass (a short SFT run) is not stopped for a small rise. The defaults sit far
-above every figure of the demo and far below a collapsed policy's (README, "Checkpoints and
-resume").
+above every figure of the demo and far below a collapsed policy's (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -45,15 +44,31 @@ class DivergenceGuard:
     max_kl: float = 10.0
     max_invalid_mass: float = 0.5
 
-    def check(self, step: int, kind: str, metrics: dict, baseline: dict | None = None) -> None:
-        """Raises ``Diverged`` naming the step and the metric, or returns. ``baseline``: the
-        starting policy's metrics (a limit below its value is raised to it)."""
+    def check(
+        self,
+        step: int,
+        kind: str,
+        metrics: dict,
+        baseline: dict | None = None,
+        saved: int | None = None,
+    ) -> None:
+        """Raises ``Diverged`` naming the step, the metric, the keys to change and what is on
+        disk, or returns. ``baseline``: the starting policy's metrics (a limit below its value
+        is raised to it); ``saved``: the latest checkpointed step (None: none yet)."""
         baseline = baseline or {}
         where = f"step {step} ({kind})"
+        kept = (
+            f"the latest checkpoint, step {saved}, holds the last good state"
+            if saved is not None
+            else "no checkpoint was saved"
+        )
         if self.finite:
             for key, value in metrics.items():
                 if isinstance(value, (int, float)) and not math.isfinite(value):
-                    raise Diverged(f"the run diverged at {where}: {key} = {value}")
+                    raise Diverged(
+                        f"the run diverged at {where}: {key} = {value}; {kept}. Lower "
+                        "config.optimizer.learning_rate"
+                    )
         limits = {"objective/kl": self.max_kl, "exact/invalid_mass": self.max_invalid_mass}
         for key, limit in limits.items():
             value = metrics.get(key)
@@ -65,8 +80,8 @@ class DivergenceGuard:
             if limit and value is not None and float(value) > limit:
                 raise Diverged(
                     f"the run diverged at {where}: {key} = {float(value):.4g} > {limit:.4g} (the "
-                    f"limit config.guard.{_config_key[key]}); the last good checkpoint is kept "
-                    "as the latest: lower the learning rate or raise the limit"
+                    f"limit config.guard.{_config_key[key]}); {kept}. Lower "
+                    f"config.optimizer.learning_rate, or raise config.guard.{_config_key[key]}"
                 )
 
 

@@ -1,30 +1,27 @@
-"""Where a run starts: its optimizer, tokenizer and initial model, from the config.
+"""Where a run starts: its optimizer and initial model, from the config.
 
 A model starts from one of three places: a preset (``config.model.preset`` plus overrides), a
 Hugging Face checkpoint directory (``config.model.hf_checkpoint``: config.json + safetensors;
 the architecture and weights come from there), or an earlier run (``config.init_from``: the SFT
 policy of the online methods, or the backbone of a preference/reward model). A text run's
 tokenizer is ``config.data.tokenizer``, else the checkpoint's own, else the one the ``init_from``
-run kept; its EOS and pad ids are what sampling and batching use.
+run kept (``nlhf_jax.sources.tokenizer``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import os
 
 import jax
 import ml_collections
 import optax
 from flax import nnx
 
-from nlhf_jax.checkpoint import TOKENIZER_DIR, load_policy
+from nlhf_jax.checkpoint import load_policy
 from nlhf_jax.errors import UserError
 from nlhf_jax.models import Transformer, TransformerConfig, get_preset
 from nlhf_jax.models.config import EXECUTION_FIELDS
-
-SOURCES = ("synthetic", "file")
+from nlhf_jax.models.lora import LoRAConfig
 
 
 def optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -39,36 +36,6 @@ def optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation
     )
 
 
-def data_source(config: ml_collections.ConfigDict) -> str:
-    """ "synthetic" or "file". Empty ``config.data.source`` picks "file" when any file, tfds set
-    or checkpoint is named, so naming your data is enough."""
-    d = config.data
-    if d.source:
-        if d.source not in SOURCES:
-            raise UserError(f"config.data.source={d.source!r}: choose one of {SOURCES}")
-        return d.source
-    named = d.train_file or d.prompts_file or d.prompts_tfds or config.model.hf_checkpoint
-    return "file" if named else "synthetic"
-
-
-def text_batch_options(config: ml_collections.ConfigDict, **changes):
-    """The batch options of text demonstrations and pairs: lengths from ``config.data``, EOS
-    appended to every response (so a policy learns to stop and a judge sees where a response
-    ends), the chat template if asked; ``changes`` override (e.g. for evaluation)."""
-    from nlhf_jax import data
-
-    d = config.data
-    options = data.BatchOptions(
-        config.batch_size,
-        d.max_prompt_len,
-        d.max_response_len,
-        seed=config.seed,
-        append_eos=True,
-        chat_template=d.chat_template,
-    )
-    return dataclasses.replace(options, **changes)
-
-
 def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> TransformerConfig:
     """The preset's architecture with ``config.model``'s overrides (not a checkpoint's)."""
     skip = ("preset", "hf_checkpoint")
@@ -77,33 +44,9 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> Transfor
     return get_preset(config.model.preset, **{"vocab_size": vocab_size, **overrides})
 
 
-def tokenizer(config: ml_collections.ConfigDict, vocab_size: int | None = None):
-    """The run's tokenizer: ``data.tokenizer``, else the checkpoint's, else the ``init_from``
-    run's. Refused (naming it) without EOS or pad token, or larger than ``vocab_size``."""
-    from nlhf_jax.models.tokenizer import load_tokenizer
-
-    path = config.data.tokenizer or config.model.hf_checkpoint
-    if not path and config.get("init_from"):
-        path = os.path.join(config.init_from, TOKENIZER_DIR)
-    if not path:
-        raise UserError(
-            "no tokenizer: set config.data.tokenizer to a tokenizer directory, or "
-            "config.model.hf_checkpoint (its tokenizer is used)"
-        )
-    tok = load_tokenizer(path, vocab_size=vocab_size)
-    missing = [name for name in ("eos", "pad") if getattr(tok, f"{name}_token_id") is None]
-    if missing:
-        raise UserError(
-            f"tokenizer at {path} has no {' and no '.join(missing)} token; responses end at EOS "
-            "and batches are padded, so both are needed (e.g. set tokenizer.pad_token = "
-            "tokenizer.eos_token and save_pretrained it)"
-        )
-    return tok
-
-
 def on_host() -> contextlib.AbstractContextManager:
     """Builds models eagerly on the host CPU: the same initial values on every backend, and a
-    model is placed into its shards afterwards (``nlhf_jax.train.placement``) instead of
+    model is placed into its shards afterwards (``nlhf_jax.train.step``) instead of
     landing whole on one accelerator first."""
     try:
         return jax.default_device(jax.local_devices(backend="cpu")[0])
@@ -143,6 +86,18 @@ def with_execution(model, config: ml_collections.ConfigDict):
     if not changes or all(getattr(model.config, k) == v for k, v in changes.items()):
         return model
     return nnx.merge(graphdef_of(model.config.replace(**changes)), nnx.state(model))
+
+
+def lora_config(config: ml_collections.ConfigDict) -> LoRAConfig | None:
+    """``config.lora`` as a ``LoRAConfig`` (None when its rank is 0: full fine-tuning)."""
+    c = config.get("lora")
+    if c is None or not c.rank:
+        return None
+    targets = tuple(t.strip() for t in c.targets.split(",") if t.strip())
+    try:
+        return LoRAConfig(rank=c.rank, alpha=c.alpha, targets=targets)
+    except ValueError as e:
+        raise UserError(f"config.lora: {e}") from None
 
 
 def graphdef_of(cfg: TransformerConfig) -> nnx.GraphDef:

@@ -3,7 +3,8 @@
 ``run(trainer, workdir, ...)`` drives any method through the same loop: it locks the workdir
 (one writer), resumes from the newest checkpoint in ``workdir`` that restores (state, data
 iterator and RNG, so the resumed run equals an uninterrupted one), saves every
-``checkpoint_every`` steps, on SIGTERM and at the end, writes metrics to stdout and
+``checkpoint_every`` steps, on SIGTERM or SIGINT (Ctrl-C; then raises ``Interrupted``) and at
+the end, writes metrics to stdout and
 ``metrics.jsonl``, evaluates every ``eval_every`` steps, checks every step and evaluation with
 the divergence guard before anything is saved, and shows progress.
 """
@@ -24,6 +25,7 @@ from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
 from nlhf_jax.checkpoint import Checkpoints, save_tokenizer
+from nlhf_jax.errors import Interrupted
 from nlhf_jax.evaluate.report import read_metrics
 from nlhf_jax.train.guard import DEFAULT_GUARD, DivergenceGuard
 from nlhf_jax.workdir_lock import WorkdirLock
@@ -83,7 +85,8 @@ class MetricsWriter:
         # A multi-process run writes its metrics, samples and console lines from process 0.
         self.enabled = jax.process_index() == 0
 
-    def write(self, step: int, kind: str, metrics: dict) -> None:
+    def write(self, step: int, kind: str, metrics: dict, show: bool = True) -> None:
+        """One row to metrics.jsonl and TensorBoard; to the console too if ``show``."""
         if not self.enabled:
             return
         row = {"step": step, "kind": kind, **{k: _to_float(v) for k, v in metrics.items()}}
@@ -95,7 +98,7 @@ class MetricsWriter:
             if key not in ("step", "kind") and isinstance(value, float):
                 self._boards[kind].add_scalar(key, value, step)
         self._boards[kind].flush()
-        if not self.quiet:
+        if show and not self.quiet:
             body = "  ".join(f"{k}={_fmt(v)}" for k, v in row.items() if k not in ("step", "kind"))
             _say(f"[{kind} step {step}] {body}")
 
@@ -160,6 +163,15 @@ def _progress(workdir: str, start: int, total: int) -> tqdm:
     )
 
 
+def say_written(workdir: str) -> None:
+    """The console's last line: where the run's files are (process 0)."""
+    if jax.process_index() != 0 or not os.path.isdir(workdir):
+        return
+    names = [n for n in sorted(os.listdir(workdir)) if not n.startswith((".", "unrestorable"))]
+    shown = ", ".join(n + ("/" if os.path.isdir(os.path.join(workdir, n)) else "") for n in names)
+    print(f"wrote {workdir}: {shown}", flush=True)
+
+
 def _say(line: str) -> None:
     """A console line that leaves the progress line, if one is shown, whole and below it."""
     tqdm.write(line, file=sys.stdout)
@@ -179,20 +191,23 @@ def run(
     stop_after: int | None = None,
     quiet: bool = False,
     guard: DivergenceGuard | None = DEFAULT_GUARD,
+    console_every: int | None = None,
 ) -> Any:
     """Trains to ``num_steps`` (resuming from ``workdir``); returns the final state.
 
     The workdir is locked for this process (``WorkdirLock``) before anything is written. The
     newest checkpoint that restores is resumed (``Checkpoints.restore_latest``). ``guard`` checks
     every step's metrics and every evaluation before the state can be checkpointed, so a
-    diverged state never becomes the latest checkpoint. ``stop_after`` stops (and checkpoints)
+    diverged state never becomes the latest checkpoint. Train metrics are written every
+    ``log_every`` steps and shown on the console every ``console_every`` (default: the same).
+    ``stop_after`` stops (and checkpoints)
     once that many steps ran in this call: what a preemption does, used by the resume tests.
     """
     lock = WorkdirLock(workdir) if jax.process_index() == 0 else None
     try:
         return _run_locked(
             trainer, workdir, num_steps, checkpoint_every, eval_every, log_every, max_to_keep,
-            async_checkpoints, stop_after, quiet, guard,
+            async_checkpoints, stop_after, quiet, guard, console_every or log_every,
         )  # fmt: skip
     finally:
         if lock is not None:
@@ -201,7 +216,7 @@ def run(
 
 def _run_locked(
     trainer, workdir, num_steps, checkpoint_every, eval_every, log_every, max_to_keep,
-    async_checkpoints, stop_after, quiet, guard,
+    async_checkpoints, stop_after, quiet, guard, console_every,
 ):  # fmt: skip
     ckpt = Checkpoints(
         workdir, trainer.identity, max_to_keep=max_to_keep, async_save=async_checkpoints
@@ -225,8 +240,14 @@ def _run_locked(
         start, state, data_state = restored
         trainer.data.set_state(data_state)
         say(f"resumed from {workdir} at step {start}")
-    stop = {"signal": False}
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(signal=True))
+    stop = {"signal": None}
+
+    def on_signal(signum, frame):
+        if stop["signal"] is not None:  # a second Ctrl-C: stop now, without saving
+            raise KeyboardInterrupt
+        stop["signal"] = signum
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
 
     # The starting policy's evaluation, the guard's baseline: logged at step 0 (a resumed run
     # reads it back from metrics.jsonl).
@@ -240,7 +261,7 @@ def _run_locked(
         if step == 0:
             start_metrics.update(metrics)
         elif guard is not None:
-            guard.check(step, "eval", metrics, baseline=start_metrics)
+            guard.check(step, "eval", metrics, baseline=start_metrics, saved=ckpt.latest_step())
 
     progress = None if quiet else _progress(workdir, start, num_steps)
     step, ran = start, 0
@@ -258,13 +279,17 @@ def _run_locked(
                 trainer.check(metrics)
             step, ran = step + 1, ran + 1
             if step % log_every == 0 or step == num_steps:
-                writer.write(step, "train", metrics)
+                show = step % console_every == 0 or step == num_steps
+                writer.write(step, "train", metrics, show=show)
             if guard is not None:
-                guard.check(step, "train", {k: _to_float(v) for k, v in metrics.items()})
+                floats = {k: _to_float(v) for k, v in metrics.items()}
+                guard.check(step, "train", floats, saved=ckpt.latest_step())
             # Evaluated before the save: a state the guard rejects is never checkpointed.
             if trainer.evaluate and ((eval_every and step % eval_every == 0) or step == num_steps):
                 evaluate(step)
-            interrupted = stop["signal"] or (stop_after is not None and ran >= stop_after)
+            interrupted = stop["signal"] is not None or (
+                stop_after is not None and ran >= stop_after
+            )
             if step % checkpoint_every == 0 or step == num_steps or interrupted:
                 ckpt.save(step, state, trainer.data.get_state())
             if progress is not None:
@@ -274,7 +299,10 @@ def _run_locked(
     finally:
         if progress is not None:
             progress.close()
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
         ckpt.close()
         writer.close()
+    if stop["signal"] is not None and step < num_steps:  # saved above: it resumes from here
+        raise Interrupted(stop["signal"], step, workdir)
     return state

@@ -1,21 +1,19 @@
-"""The methods ``python -m nlhf_jax.train`` knows: name -> ``build(config, workdir) -> Trainer``."""
+"""The trainers ``python -m nlhf_jax.train`` knows: ``build(config, workdir) -> Trainer``."""
 
 from __future__ import annotations
 
 from nlhf_jax.errors import UserError
-from nlhf_jax.train import online, pairwise, policy
-
-METHODS = {
-    "preference_model": pairwise.build,
-    "reward_model": pairwise.build,
-    "sft": policy.build_sft,
-    **dict.fromkeys(online.ONLINE_METHODS, online.build_online),
-}
+from nlhf_jax.train import online, pairwise, sft
 
 
 def build(config, workdir: str):
-    if config.method not in METHODS:
-        raise UserError(
-            f"unknown method {config.method!r}; known methods: {', '.join(sorted(METHODS))}"
-        )
-    return METHODS[config.method](config, workdir)
+    """The trainer of ``config.method``: SFT, a preference or reward model, or a registered
+    online method (``nlhf_jax.train.online.METHODS``)."""
+    if config.method == "sft":
+        return sft.build_sft(config, workdir)
+    if config.method in ("preference_model", "reward_model"):
+        return pairwise.build(config, workdir)
+    if config.method in online.METHODS:
+        return online.build_online(config, workdir)
+    known = ", ".join(["sft", "preference_model", "reward_model", *sorted(online.METHODS)])
+    raise UserError(f"unknown method {config.method!r}; known methods: {known}")

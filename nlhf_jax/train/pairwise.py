@@ -1,4 +1,4 @@
-"""Training a pairwise preference model or a Bradley-Terry reward model (ALGORITHMS.md 3).
+"""Training a pairwise preference model or a Bradley-Terry reward model (docs/algorithms.md 3).
 
 Both read preference pairs; both are judged by accuracy, log-loss and calibration error on
 held-out pairs. On the synthetic task the evaluation also scores them against the exact oracle,
@@ -16,20 +16,20 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from nlhf_jax import parallel
+from nlhf_jax import parallel, sources
+from nlhf_jax.errors import UserError
 from nlhf_jax.models import metrics as pm_metrics
 from nlhf_jax.models.preference import (
     PreferenceModel,
     RewardModel,
     load_backbone,
-    preference_cross_entropy,
-    preference_logits,
-    reward_logits,
+    pair_logits,
+    pair_loss,
 )
-from nlhf_jax.train import data_sources, initial, rlp
+from nlhf_jax.train import initial, refresh
 from nlhf_jax.train.initial import model_config, optimizer
 from nlhf_jax.train.loop import Trainer
-from nlhf_jax.train.placement import compile_trainer
+from nlhf_jax.train.step import PAIRS, compile_step
 
 
 def build(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
@@ -42,12 +42,17 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
     backbone_cfg, backbone = initial.backbone_state(config)
     vocab_size = backbone_cfg.vocab_size if backbone_cfg else None
     views, bottleneck = None, None
-    if config.rlp.samples:  # a judge refreshed on policy samples (RLP, nlhf_jax/train/rlp.py)
-        source, views = rlp.refreshed_data(config, workdir, vocab_size)
+    if config.rlp.samples:  # a judge refreshed on policy samples (RLP, train/refresh.py)
+        source, views = refresh.refreshed_data(config, workdir, vocab_size)
         if views is not None:
             bottleneck = (config.rlp.code_dim, config.rlp.hidden)
+            if config.micro_batch_size:
+                raise UserError(
+                    "RLP-UML's mutual-information estimate pairs rows across the whole batch; "
+                    "set config.micro_batch_size=0 for a UML-refreshed judge"
+                )
     else:
-        source = data_sources.pairs(config, workdir, vocab_size=vocab_size)
+        source = sources.pairs(config, workdir, vocab_size=vocab_size)
     model_cfg = backbone_cfg or model_config(config, source.vocab_size)
     rngs = nnx.Rngs(config.seed)
     with initial.on_host():  # built on the host, then placed into its shards
@@ -57,24 +62,21 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
             )
         else:
             model = RewardModel(model_cfg, bottleneck=bottleneck, rngs=rngs)
-    logits_fn = preference_logits if kind == "preference_model" else reward_logits
     if backbone is not None:
         load_backbone(model, backbone)
     graphdef, params = nnx.split(model)
 
     def loss_fn(graphdef, params, batch, rng):
-        logit_b = logits_fn(graphdef, params, batch)
-        label_b = jnp.asarray(batch["label"])
+        loss, logit_b = pair_loss(graphdef, params, batch)
         prob_b = jax.nn.sigmoid(logit_b)
-        loss = jnp.mean(preference_cross_entropy(logit_b, label_b))
-        metrics = {"accuracy": pm_metrics.pairwise_accuracy(prob_b, label_b)}
+        metrics = {"accuracy": pm_metrics.pairwise_accuracy(prob_b, jnp.asarray(batch["label"]))}
         if views is not None:  # RLP-UML: + lambda L_M (the rng draws the Gaussian codes)
-            l_m, uml_metrics = rlp.uml_loss(graphdef, params, batch["views"], rng)
+            l_m, uml_metrics = refresh.uml_loss(graphdef, params, batch["views"], rng)
             metrics.update(uml_metrics, **{"uml/loss": l_m, "bradley_terry/loss": loss})
             loss = loss + config.rlp.uml_weight * l_m
         return loss, metrics
 
-    predict = jax.jit(lambda p, batch: jax.nn.sigmoid(logits_fn(graphdef, p, batch)))
+    predict = jax.jit(lambda p, batch: jax.nn.sigmoid(pair_logits(graphdef, p, batch)))
 
     def evaluate(state) -> dict:
         out = {}
@@ -85,9 +87,7 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
                 probs.append(np.asarray(predict(params, batch)))
                 labels.append(np.asarray(batch["label"]))
             q, p = jnp.asarray(np.concatenate(probs)), jnp.asarray(np.concatenate(labels))
-            out[f"{name}/accuracy"] = pm_metrics.pairwise_accuracy(q, p)
-            out[f"{name}/log_loss"] = pm_metrics.log_loss(q, p)
-            out[f"{name}/ece"] = pm_metrics.expected_calibration_error(q, p)
+            out.update({f"{name}/{k}": v for k, v in pm_metrics.preference_metrics(q, p).items()})
         return out
 
     identity = {
@@ -100,11 +100,11 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
         identity["backbone"] = config.model.hf_checkpoint or config.init_from
     if bottleneck is not None:  # RLP-UML's heads are part of the checkpoint
         identity["bottleneck"] = list(bottleneck)
-    compiled = compile_trainer(config, graphdef, params, optimizer(config), loss_fn)
+    compiled = compile_step(config, graphdef, params, optimizer(config), loss_fn, batch_spec=PAIRS)
     return Trainer(
         init_state=compiled.init_state,
         step=compiled.step,
-        data=source.train if views is None else rlp.WithViews(source.train, views),
+        data=source.train if views is None else refresh.WithViews(source.train, views),
         identity=identity,
         evaluate=evaluate,
     )

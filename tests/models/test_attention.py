@@ -23,7 +23,7 @@ from nlhf_jax.models import (
     init_cache,
     positions_from_mask,
 )
-from nlhf_jax.models.transformer import dot_product_attention, einsum_attention
+from nlhf_jax.models.attention import dot_product_attention, einsum_attention
 from nlhf_jax.sampling import PolicySampler, SamplingConfig
 
 # GQA (6 query heads read 2 kv heads) with biases; init_std 0.3 makes attention peaked and the

@@ -1,4 +1,4 @@
-"""Convergence of the exact dynamics against theory (ALGORITHMS.md sections 1, 4-7 and 9)."""
+"""Convergence of the exact dynamics against theory (docs/algorithms.md sections 1, 4-7 and 9)."""
 
 import jax
 import jax.numpy as jnp
@@ -122,7 +122,7 @@ def test_nash_mirror_prox_half_step_is_the_prox_argmin():
     ],
 )
 def test_methods_converge_to_the_regularized_nash(name, run):
-    """Measured on 8 random 10-response games at tau = 0.1 (ALGORITHMS.md 9)."""
+    """Measured on 8 random 10-response games at tau = 0.1 (docs/algorithms.md 9)."""
     tau = 0.1
     P, mu = _batch(10, 8, seed=31)
     kl = _kl_to_nash(P, mu, tau, jax.vmap(run, (0, 0, None))(P, mu, tau))

@@ -1,4 +1,5 @@
-"""Games: valid preference matrices and the closed-form equilibria of ALGORITHMS.md section 0."""
+"""Games: valid preference matrices and the closed-form equilibria of docs/algorithms.md
+section 0."""
 
 import jax
 import jax.numpy as jnp

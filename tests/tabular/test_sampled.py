@@ -34,7 +34,7 @@ def test_pg_estimate_is_unbiased():
 
 
 def test_zero_gradient_form_of_the_kl_would_not_regularize():
-    """The pitfall of ALGORITHMS.md 2: d/dtheta E[tau (log pi(y) - log mu(y))] with y resampled
+    """The pitfall of docs/algorithms.md 2: d/dtheta E[tau (log pi(y) - log mu(y))] with y resampled
     is zero-mean, while the score-function form recovers grad tau KL. With P = 1/2 (no signal),
     our estimator must point toward mu."""
     n, tau, N = 4, 0.5, 200_000

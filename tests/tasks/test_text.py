@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from nlhf_jax.data import readers
+from nlhf_jax.judges.text_task import TextTaskJudge
 from nlhf_jax.models import hf
 from nlhf_jax.models.tokenizer import load_tokenizer
-from nlhf_jax.tasks.text import TextJudge, TextTask, write_task_files
+from nlhf_jax.tasks.text import TextTask, write_task_files
 
 TASK = TextTask()
 # The surface forms, restated here so the reference semantics below do not come from the module.
@@ -157,7 +158,7 @@ def test_judge_on_tokens_equals_judge_on_strings(tokenizer):
     prompt, prompt_mask = _left_pad([enc(p) for p in templated], pad, 40)
     ra, ra_mask = _right_pad([[*enc(s), eos] for s in a], pad, 24)
     rb, rb_mask = _right_pad([[*enc(s), eos] for s in b], pad, 30)
-    judge = TextJudge(TASK, tokenizer)
+    judge = TextTaskJudge(TASK, tokenizer)
     got = judge(prompt, prompt_mask, ra, ra_mask, rb, rb_mask)
     np.testing.assert_array_equal(got, TASK.probability(x, a, b))
     np.testing.assert_array_equal(

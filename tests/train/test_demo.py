@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from nlhf_jax.train import demo
+from nlhf_jax.pipelines import demo
 
 
 def _tiny(config):

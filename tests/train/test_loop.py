@@ -11,8 +11,9 @@ import optax
 import pytest
 from flax import nnx
 
+from nlhf_jax.errors import Interrupted
 from nlhf_jax.train import loop
-from nlhf_jax.train.state import init_train_state, make_step
+from nlhf_jax.train.step import init_train_state, make_step
 
 
 class _Linear(nnx.Module):
@@ -49,7 +50,7 @@ def _trainer(identity=None, on_step=None):
         err = batch["x"] @ model.w[...] - batch["y"] - noise
         return jnp.mean(err**2), {"mse": jnp.mean(err**2)}
 
-    step = make_step(graphdef, tx, loss_fn)
+    step = jax.jit(make_step(graphdef, tx, loss_fn), donate_argnums=0)
     if on_step:
         inner = step
 
@@ -96,8 +97,9 @@ def test_sigterm_saves_and_stops(tmp_path):
         if calls["n"] == 4:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    state = loop.run(_trainer(on_step=on_step), str(tmp_path), num_steps=50, quiet=True)
-    assert int(state.step) == 4
+    with pytest.raises(Interrupted) as info:
+        loop.run(_trainer(on_step=on_step), str(tmp_path), num_steps=50, quiet=True)
+    assert (info.value.signum, info.value.step) == (signal.SIGTERM, 4)
     assert loop.Checkpoints(str(tmp_path), {"method": "linear", "width": 4}).latest_step() == 4
 
 
@@ -124,3 +126,40 @@ def test_metrics_go_to_jsonl_and_tensorboard(tmp_path):
     for row in rows:
         assert ("mse", row["step"], pytest.approx(row["mse"])) in board
     assert {step for tag, step, _ in board if tag == "loss"} == {10, 20}
+
+
+def test_the_step_asserts_its_batch_and_its_state():
+    """chex at the step's boundary: the batch's fields, dtypes, ranks and one batch size; a new
+    state of the old one's shapes and dtypes."""
+    from nlhf_jax.train import step as train_step
+
+    spec = train_step.DEMONSTRATIONS
+    good = {
+        "prompt": np.zeros((4, 3), np.int32),
+        "prompt_mask": np.ones((4, 3), bool),
+        "response": np.zeros((4, 5), np.int32),
+        "response_mask": np.ones((4, 5), bool),
+    }
+    train_step.check_batch(good, spec)
+    bad = {
+        "a missing field": {k: v for k, v in good.items() if k != "response_mask"},
+        "float token ids": {**good, "prompt": good["prompt"].astype(np.float32)},
+        "a flat response": {**good, "response": np.zeros(4, np.int32)},
+        "two batch sizes": {**good, "response": np.zeros((3, 5), np.int32)},
+    }
+    for what, batch in bad.items():
+        with pytest.raises(AssertionError):
+            train_step.check_batch(batch, spec)
+        print("refused:", what)
+
+    graphdef, params = nnx.split(_Linear(nnx.Rngs(0)))
+    tx = optax.sgd(0.1)
+    loss_fn = lambda g, p, batch, rng: (jnp.mean(batch["x"] @ nnx.merge(g, p).w[...]), {})
+    to_bf16 = lambda old, new: new.replace(
+        params=jax.tree.map(lambda x: x.astype("bfloat16"), new.params)
+    )
+    state = init_train_state(params, tx, seed=0)
+    batch = {"x": np.ones((2, 4), np.float32)}
+    jax.jit(make_step(graphdef, tx, loss_fn))(state, batch)  # fine
+    with pytest.raises(AssertionError):  # a step that changed the parameters' dtype
+        jax.jit(make_step(graphdef, tx, loss_fn, after=to_bf16))(state, batch)

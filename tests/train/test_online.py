@@ -1,10 +1,14 @@
 """The online trainers' own machinery: aux copies (EMA, Nash-MP anchors, INPO's pi_t), the step
 on 8 devices against one, resume, and the errors. Learning itself: test_nash.py and the demo."""
 
+import dataclasses
+import json
+
 import jax
 import numpy as np
 import pytest
 
+from nlhf_jax import losses
 from nlhf_jax.train import loop, methods, online
 from nlhf_jax.train.defaults import base_config
 
@@ -42,7 +46,7 @@ def _trajectory(trainer, steps):
 
 def test_nash_mp_reanchors_every_2m_steps(sft_run, tmp_path):
     M = 2
-    trainer = methods.build(_config(sft_run, "nash_mp", mp_steps=M), str(tmp_path))
+    trainer = methods.build(_config(sft_run, "nash_mp", prox_steps=M), str(tmp_path))
     traj = _trajectory(trainer, 4 * M + 1)
     for s in range(1, len(traj)):
         params, aux = traj[s]
@@ -76,7 +80,7 @@ def test_nash_ema_opponent_follows_its_recursion(sft_run, tmp_path):
 
 
 def test_inpo_refreshes_pi_t_at_each_round(sft_run, tmp_path):
-    trainer = methods.build(_config(sft_run, "inpo", inpo_round_steps=3), str(tmp_path))
+    trainer = methods.build(_config(sft_run, "inpo", round_steps=3), str(tmp_path))
     traj = _trajectory(trainer, 7)
     for s in range(1, len(traj)):
         want = traj[s][0] if s % 3 == 0 else traj[s - 1][1]["prev"]
@@ -125,7 +129,7 @@ def test_one_step_on_8_devices_equals_one_device(sft_run, tmp_path):
 
 def test_resumed_run_equals_uninterrupted_run(sft_run, tmp_path):
     """Nash-MP (policy, optimizer, anchor and half-step copies, data and RNG all resume)."""
-    config = _config(sft_run, "nash_mp", mp_steps=2, num_steps=6)
+    config = _config(sft_run, "nash_mp", prox_steps=2, num_steps=6)
     run = lambda wd, **kw: loop.run(
         methods.build(config, str(wd)), str(wd), num_steps=6, checkpoint_every=100,
         async_checkpoints=False, quiet=True, **kw,
@@ -140,10 +144,12 @@ def test_resumed_run_equals_uninterrupted_run(sft_run, tmp_path):
 
 
 def test_rlhf_needs_a_reward_model_run(sft_run, tmp_path):
-    with pytest.raises(ValueError, match=r"needs config\.reward_model"):
+    with pytest.raises(ValueError, match=r"config\.judge is empty"):
         methods.build(_config(sft_run, "rlhf"), str(tmp_path))
+    with pytest.raises(ValueError, match="the synthetic oracle has none"):
+        methods.build(_config(sft_run, "rlhf", judge="oracle"), str(tmp_path))
     with pytest.raises(ValueError, match="is a 'sft' run, not a reward_model run"):
-        methods.build(_config(sft_run, "rlhf", reward_model=sft_run), str(tmp_path))
+        methods.build(_config(sft_run, "rlhf", judge=sft_run), str(tmp_path))
 
 
 def test_preference_model_judge_must_be_a_preference_model_run(sft_run, tmp_path):
@@ -156,8 +162,88 @@ def test_every_online_method_has_a_config_file():
     import pathlib
 
     root = pathlib.Path(__file__).parents[2] / "configs"
-    for method in online.ONLINE_METHODS:
+    for method in online.METHODS:
         spec = importlib.util.spec_from_file_location(method, root / f"{method}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         assert module.get_config().method == method
+
+
+@dataclasses.dataclass(frozen=True)
+class _VsReference:
+    """A method defined here: y ~ pi against y' ~ mu, Nash-MD-PG's loss times ``scale``."""
+
+    tau: float = 0.1
+    scale: float = 2.0
+
+
+def _vs_reference_pair(ctx, state, prompt, mask, k_a, k_b):
+    a = ctx.sample_pi(state.params, prompt, mask, k_a)
+    return a, ctx.sample_pi(ctx.reference, prompt, mask, k_b)
+
+
+def _scaled_loss(hp, batch, logp_a, logp_b):
+    del logp_b
+    pg = losses.nash_md_pg_loss(
+        logp_a, batch["ref_logp_a"], batch["response_a_mask"], batch["preference"], hp.tau
+    )
+    return hp.scale * pg
+
+
+def test_a_method_defined_in_a_test_trains_through_the_registry(sft_run, tmp_path):
+    method = online.register(
+        online.Method("vs_reference", _VsReference, pair=_vs_reference_pair, loss=_scaled_loss)
+    )
+    try:
+        config = base_config("vs_reference")
+        assert (config.tau, config.scale) == (0.1, 2.0)  # the config's defaults: the dataclass's
+        assert "beta" not in config  # only the method's own hyperparameters
+        assert method.hyperparameters(config) == _VsReference()
+        first_loss = {}
+        for scale in (1.0, 3.0):
+            config = _config(sft_run, "vs_reference", scale=scale, num_steps=3)
+            workdir = tmp_path / f"scale_{scale}"
+            state = loop.run(methods.build(config, str(workdir)), str(workdir), num_steps=3,
+                             log_every=1, quiet=True)  # fmt: skip
+            assert int(state.step) == 3
+            rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+            train = [r for r in rows if r["kind"] == "train"]
+            assert [r["step"] for r in train] == [1, 2, 3]
+            first_loss[scale] = train[0]["loss"]
+            assert json.load(open(workdir / "run.json"))["method"] == "vs_reference"
+        # The hyperparameter reached the jitted step: same samples, the loss scaled 3 times.
+        assert first_loss[3.0] == pytest.approx(3 * first_loss[1.0], rel=1e-5)
+    finally:
+        del online.METHODS["vs_reference"]
+    with pytest.raises(TypeError, match="frozen dataclass"):
+        online.register(online.Method("bad", dict, pair=_vs_reference_pair, loss=_scaled_loss))
+
+
+def _adam_mu(state):
+    found = jax.tree.leaves(state.opt_state, is_leaf=lambda x: hasattr(x, "mu"))
+    return next(x for x in found if hasattr(x, "mu")).mu
+
+
+@pytest.mark.parametrize("method", ["nash_md", "rlhf"])
+def test_micro_batches_give_the_full_batch_update(sft_run, judge_runs, tmp_path, method):
+    """The whole batch is sampled and judged once; its gradient taken 4 rows at a time equals
+    the gradient of all 8 at once (float32 summation order): Adam's first moment holds it."""
+    out = {}
+    for micro in (0, 4):
+        kw = {"judge": judge_runs["reward_model"]} if method == "rlhf" else {}
+        config = _config(sft_run, method, micro_batch_size=micro, **kw)
+        trainer = methods.build(config, str(tmp_path / f"m{micro}"))
+        state, metrics = trainer.step(trainer.init_state(), next(trainer.data))
+        out[micro] = jax.device_get((_adam_mu(state), metrics))
+    (mu_full, m_full), (mu_micro, m_micro) = out[0], out[4]
+    assert m_full["rewards/probabilities"] == m_micro["rewards/probabilities"]  # same samples
+    assert m_micro["loss"] == pytest.approx(m_full["loss"], rel=1e-5, abs=1e-7)
+    assert m_micro["objective/kl"] == pytest.approx(m_full["objective/kl"], rel=1e-5, abs=1e-7)
+    for a, b in zip(_leaves(mu_micro), _leaves(mu_full), strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max() + 1e-12)
+    assert max(np.abs(x).max() for x in _leaves(mu_full)) > 0  # not vacuous
+
+
+def test_micro_batch_size_must_divide_the_batch(sft_run, tmp_path):
+    with pytest.raises(ValueError, match=r"config\.micro_batch_size=3 must be positive and divide"):
+        methods.build(_config(sft_run, "nash_md", micro_batch_size=3), str(tmp_path))

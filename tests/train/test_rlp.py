@@ -7,9 +7,11 @@ import jax
 import numpy as np
 import pytest
 
-from nlhf_jax.judges import load_judge
+from nlhf_jax import sources
+from nlhf_jax.judges import load_run
+from nlhf_jax.pipelines import rlp
 from nlhf_jax.tasks.synthetic import SyntheticTask
-from nlhf_jax.train import data_sources, loop, methods, rlp
+from nlhf_jax.train import loop, methods, refresh
 from nlhf_jax.train.defaults import base_config
 
 
@@ -45,7 +47,7 @@ def test_pipeline_stages_and_the_refreshed_judge(nash_md_rlp):
     assert identity["data"]["extra_pairs"] == stats["kept"]
     # The refreshed judge loads with its bottleneck and stays antisymmetric.
     task = SyntheticTask()
-    judge = load_judge(dirs["judge_rlp"], task)
+    judge = load_run(dirs["judge_rlp"], task)
     x, r = task.prompts()[:4], task.responses()
     ones = np.ones_like(r[:4], bool)
     pm = np.ones_like(x, bool)
@@ -58,7 +60,7 @@ def test_pipeline_stages_and_the_refreshed_judge(nash_md_rlp):
 
 def test_sample_set_groups_and_spg_pairs(nash_md_rlp):
     config, dirs = nash_md_rlp
-    samples = rlp.read_samples(dirs["samples"])
+    samples = refresh.read_samples(dirs["samples"])
     X, N, _ = samples["response"].shape
     assert (X, N) == (config.rlp.num_prompts, config.rlp.num_samples)
     task = SyntheticTask()
@@ -71,7 +73,7 @@ def test_sample_set_groups_and_spg_pairs(nash_md_rlp):
     for x in range(X):  # same group id <=> same (quality, style)
         same_key = (key[x][:, None] == key[x][None]).all(-1)
         np.testing.assert_array_equal(same_key, samples["group"][x][:, None] == samples["group"][x])
-    pairs, stats = rlp.spg_training_pairs(samples, config.rlp.gamma, seed=0)
+    pairs, stats = refresh.spg_training_pairs(samples, config.rlp.gamma, seed=0)
     chosen_first = pairs["label"] == 1.0
     assert stats["kept"] == len(pairs["label"]) > 0
     assert set(np.unique(pairs["label"])) <= {0.0, 1.0}
@@ -108,4 +110,4 @@ def test_spg_pairs_join_the_synthetic_pairs_only(tmp_path):
     config.data.train_file = str(tmp_path / "pairs.jsonl")
     extra = {"label": np.ones(1)}
     with pytest.raises(Exception, match="synthetic data only"):
-        data_sources.pairs(config, str(tmp_path), extra_pairs=extra)
+        sources.pairs(config, str(tmp_path), extra_pairs=extra)

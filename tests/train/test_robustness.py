@@ -141,7 +141,7 @@ def test_guard_names_the_step_and_the_metric():
 
 
 def test_collapse_trips_and_is_not_checkpointed(sft_run, tmp_path):
-    """The collapse of issue 14 (Nash-MD-PG at learning rate 1e3): stopped at the first
+    """A collapse (Nash-MD-PG at learning rate 1e3): stopped at the first
     evaluation after it, and the latest checkpoint is the last good state."""
     config = base_config("nash_md")
     config.init_from, config.batch_size, config.mesh.num_devices = sft_run, 16, 1

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from nlhf_jax import parallel
 from nlhf_jax.errors import UserError
-from nlhf_jax.train import loop, methods, placement
+from nlhf_jax.train import memory, methods
+from nlhf_jax.train import step as train_step
 from nlhf_jax.train.defaults import base_config
 
 LR = 1e-2
@@ -27,21 +29,6 @@ def _config(method, devices, **kw):
     for k, v in kw.items():
         config[k] = v
     return config
-
-
-@pytest.fixture(scope="module")
-def judges(sft_run, tmp_path_factory):
-    """A preference model and a reward model of 10 steps: their quality does not matter, but
-    their heads must have left zero (a zero head judges every pair 1/2, and Nash-MD's gradient
-    is then round-off)."""
-    out = {}
-    for method in ("preference_model", "reward_model"):
-        workdir = str(tmp_path_factory.mktemp(method))
-        config = _config(method, 1, num_steps=10)
-        config.data.train_pairs, config.data.eval_pairs = 640, 64
-        loop.run(methods.build(config, workdir), workdir, num_steps=10, quiet=True)
-        out[method] = workdir
-    return out
 
 
 def _steps(config, workdir, steps=1):
@@ -117,12 +104,9 @@ def test_supervised_steps_on_the_mesh_equal_one_device(method, sft_run, tmp_path
 
 
 @pytest.mark.parametrize("method", ["nash_md", "rlhf"])
-def test_online_steps_on_the_mesh_equal_one_device(method, sft_run, judges, tmp_path):
+def test_online_steps_on_the_mesh_equal_one_device(method, sft_run, judge_runs, tmp_path):
     kw = {"init_from": sft_run}
-    if method == "nash_md":
-        kw["judge"] = judges["preference_model"]
-    else:
-        kw["reward_model"] = judges["reward_model"]
+    kw["judge"] = judge_runs["preference_model" if method == "nash_md" else "reward_model"]
     single = _steps(_config(method, 1, **kw), str(tmp_path / "one"))
     sharded = _steps(_config(method, 8, **kw), str(tmp_path / "mesh"))
     _assert_sharded(sharded[1].params)
@@ -133,18 +117,20 @@ def test_online_steps_on_the_mesh_equal_one_device(method, sft_run, judges, tmp_
     _assert_next_step_keeps_shardings(sharded)
 
 
-def test_frozen_models_are_sharded_step_arguments(sft_run, judges):
-    config = _config("nash_md", 8, init_from=sft_run, judge=judges["preference_model"])
+def test_frozen_models_are_sharded_step_arguments(sft_run, judge_runs):
+    config = _config("nash_md", 8, init_from=sft_run, judge=judge_runs["preference_model"])
     from nlhf_jax.checkpoint import load_policy
-    from nlhf_jax.judges import load_judge
+    from nlhf_jax.judges import load_run
     from nlhf_jax.sampling import SamplingConfig
-    from nlhf_jax.train.online import METHODS
-    from nlhf_jax.train.online.trainer import compile_online, policy_context
+    from nlhf_jax.train import online
+    from nlhf_jax.train.online.trainer import policy_context
 
     sft = load_policy(sft_run)
-    judge = load_judge(judges["preference_model"])
-    ctx = policy_context(config, sft.config, sft.graphdef, sft.params, SamplingConfig(4))
-    compiled = compile_online(config, METHODS["nash_md"], ctx, judge)
+    judge = load_run(judge_runs["preference_model"])
+    method = online.get("nash_md")
+    hp = method.hyperparameters(config)
+    ctx = policy_context(config, sft.config, sft.graphdef, sft.params, SamplingConfig(4), hp, judge)
+    compiled = train_step.compile_online(config, method, ctx)
     _assert_sharded(compiled.frozen["reference"])
     _assert_sharded(compiled.frozen["judge"].state)
     q_proj = compiled.frozen["judge"].state["backbone"]["layers"]["attn"]["q_proj"]
@@ -160,7 +146,7 @@ def test_a_run_too_large_for_its_devices_fails_before_compiling(sft_run, tmp_pat
         with pytest.raises(UserError, match=r"per device it needs ([0-9.e-]+) GiB") as info:
             methods.build(config, str(tmp_path / "never"))
         assert "config.mesh.shape" in str(info.value)
-        needed[shape] = placement.bytes_per_device(*_state_and_frozen(config, sft_run))
+        needed[shape] = memory.bytes_per_device(*_state_and_frozen(config, sft_run))
     # Data parallelism replicates everything; fsdp x tensor = 4 ways split every matrix, and
     # only the norms' scales, the step counter and the rng stay whole.
     ratio = needed[(2, 2, 2)] / needed[(8, 1, 1)]
@@ -173,7 +159,7 @@ def _state_and_frozen(config, sft_run):
     """The abstract train state and the reference of a Nash-MD run, with their shardings."""
     from nlhf_jax.checkpoint import load_policy
 
-    where = placement.placement(config)
+    where = parallel.placement(config)
     sft = load_policy(sft_run)
     tree = {"params": sft.params, "adam": (sft.params, sft.params), "reference": sft.params}
     return tree, where.shardings(tree)

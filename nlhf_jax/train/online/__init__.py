@@ -1,50 +1,34 @@
-"""Online policy trainers of the Nash family and the RLHF baseline (ALGORITHMS.md 2, 4-6).
+"""Online policy trainers of the Nash family and the RLHF baseline (docs/algorithms.md 2, 4-6).
 
 Every method starts from the SFT policy (``config.init_from``), which is also the reference mu,
-and one generic jitted step (``trainer.py``) does the same things for all of them: sample a pair
-of responses to a batch of prompts, ask the judge (the exact oracle, a preference model, or for
-RLHF a reward model) about it, compute the extra log-probs the method needs, and take a gradient
-step on the method's loss from ``nlhf_jax.losses``; then update what it keeps between steps.
-Each method is one small module saying just that (``base.Method``):
+and one generic jitted step (``nlhf_jax.train.step.online_parts``) does the same things for all
+of them: sample a pair of responses to a batch of prompts, ask the judge about it, compute the
+extra log-probs the method needs, and take a gradient step on the method's loss from
+``nlhf_jax.losses``; then update what it keeps between steps. Each method is one small module
+saying just that (``base.Method``), with its hyperparameters as a frozen dataclass:
 
-================  =========================================  ===================================
-method            samples                                    aux
-================  =========================================  ===================================
-``nash_md``       y ~ pi, y' ~ token-level mixture           --
+================  =========================================  ==========  ==================
+method            samples                                    aux         hyperparameters
+================  =========================================  ==========  ==================
+``nash_md``       y ~ pi, y' ~ token-level mixture           --          tau, beta
                   softmax((1 - beta) l_pi + beta l_mu)
                   (beta = 0 self-play, 1 best response)
-``nash_ema``      y ~ pi, y' ~ pi with EMA parameters        ``ema``
-``nash_mp``       y ~ pi, y' ~ anchor pi_k (first M steps    ``anchor``, ``half``
-                  of a 2M cycle) or the half-step policy
-``online_ipo``    a, b ~ pi                                  --
-``ipo_md``        a, b ~ the token-level mixture             --
-``inpo``          a, b ~ pi_t, the policy at the round's     ``prev``
-                  start (rounds of ``inpo_round_steps``)
-``rlhf``          y ~ pi, scored by a reward model           --
-================  =========================================  ===================================
+``nash_ema``      y ~ pi, y' ~ pi with EMA parameters        ``ema``     tau, ema_decay
+``nash_mp``       y ~ pi, y' ~ anchor pi_k (first M steps    ``anchor``  tau, eta,
+                  of a 2M cycle) or the half-step policy     ``half``    prox_steps
+``online_ipo``    a, b ~ pi                                  --          tau
+``ipo_md``        a, b ~ the token-level mixture             --          tau, beta
+``inpo``          a, b ~ pi_t, the policy at the round's     ``prev``    tau, eta,
+                  start (rounds of ``round_steps``)                      round_steps
+``rlhf``          y ~ pi, scored by the judge's reward       --          tau
+================  =========================================  ==========  ==================
 
-Adding a method: a module with its ``Method`` and a line in ``METHODS`` below (and a config).
-Prompts come from a ``nlhf_jax.prompts.PromptSource``: the synthetic task (with its exact
-evaluation) or a prompts file / tfds set tokenized with the SFT run's tokenizer.
+Adding a method: a module with its hyperparameters and ``register(Method(...))``, imported
+below, and a config file (``configs/<method>.py``). Prompts come from ``nlhf_jax.sources``.
 """
 
-from nlhf_jax.train.online import inpo, ipo, nash_ema, nash_md, nash_mp, rlhf
-from nlhf_jax.train.online.base import Context, Method
+from nlhf_jax.train.online import inpo, ipo, nash_ema, nash_md, nash_mp, rlhf  # noqa: F401
+from nlhf_jax.train.online.base import METHODS, Context, Method, get, register
+from nlhf_jax.train.online.trainer import build_online, check_judge_metrics
 
-METHODS: dict[str, Method] = {
-    m.name: m
-    for m in (
-        nash_md.METHOD,
-        nash_ema.METHOD,
-        nash_mp.METHOD,
-        ipo.ONLINE_IPO,
-        ipo.IPO_MD,
-        inpo.METHOD,
-        rlhf.METHOD,
-    )
-}
-ONLINE_METHODS = tuple(METHODS)
-
-from nlhf_jax.train.online.trainer import build_online, check_judge_metrics  # noqa: E402
-
-__all__ = ["METHODS", "ONLINE_METHODS", "Context", "Method", "build_online", "check_judge_metrics"]
+__all__ = ["METHODS", "Context", "Method", "build_online", "check_judge_metrics", "get", "register"]

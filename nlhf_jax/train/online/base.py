@@ -1,61 +1,107 @@
-"""What a method of the online family is: how its pair is sampled, which extra log-probs it
-needs, its loss, and what it keeps between steps. ``trainer.py`` composes one generic step from
-these; each method is a small module of its own (``nash_md.py``, ``nash_ema.py``, ...).
+"""What a method of the online family is, the context its step runs in, and the registry.
+
+A method says how its pair is sampled, which extra log-probs it needs, its loss, what it keeps
+between steps, and its hyperparameters as a frozen, hashable dataclass whose defaults are the
+config's (``nlhf_jax.train.defaults``). ``nlhf_jax.train.step.online_parts`` composes one
+generic step from these; each method is a small module (``nash_md.py``, ``nash_ema.py``, ...)
+that ``register``s itself. Adding a method is that module and its config file.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 from flax import nnx
 
-from nlhf_jax.sampling import MixtureSampler, PolicySampler, SampleOutput, score_tokens
-from nlhf_jax.train.state import TrainState
+from nlhf_jax.errors import UserError
+from nlhf_jax.judges import is_model
+from nlhf_jax.logprobs import score_tokens
+from nlhf_jax.sampling import MixtureSampler, PolicySampler, SampleOutput
+
+if TYPE_CHECKING:
+    from nlhf_jax.train.step import TrainState
 
 Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
 class Context:
-    """What every method may use inside the jitted step (captured, not traced arguments).
+    """What every method may use inside the jitted step.
+
+    The policy's parameters (``state.params``, every ``aux`` copy, ``reference``) are what a
+    run trains: the whole model's state, or with LoRA only the adapters, the frozen ``base``
+    holding the rest (``whole`` joins them; the reference is then the base with zero adapters).
+    The samplers and ``score`` take such parameters.
 
     Attributes:
-      config: the run's config (``tau``, ``beta`` and the method's own keys).
+      hp: the method's hyperparameters (its frozen ``Method.params`` dataclass).
       graphdef: the policy's graph definition (shared by every parameter copy).
       reference: the reference policy mu's parameters (the SFT policy; never trained).
-      sample_pi: ``sample_pi(params, prompt, mask, key)``, the policy sampler.
-      sample_mix: ``sample_mix(params, ref_params, beta, prompt, mask, key)``, the token-level
-        geometric mixture ``softmax((1 - beta) l_pi + beta l_mu)``.
-      extra: what a method's ``setup`` loaded on the host (e.g. RLHF's reward model).
+      policy_sampler: a ``PolicySampler`` of whole states.
+      mixture_sampler: a ``MixtureSampler`` of whole states.
+      judge: the run's judge (``nlhf_jax.judges``), jittable.
+      base: LoRA's frozen base (every parameter but the adapters), or None.
     """
 
-    config: ml_collections.ConfigDict
+    hp: Any
     graphdef: nnx.GraphDef
     reference: nnx.State
-    sample_pi: PolicySampler
-    sample_mix: MixtureSampler
-    extra: dict = dataclasses.field(default_factory=dict)
+    policy_sampler: PolicySampler
+    mixture_sampler: MixtureSampler
+    judge: Any = None
+    base: nnx.State | None = None
+
+    def whole(self, params: nnx.State) -> nnx.State:
+        """The model's whole state of trained parameters (the base with LoRA's adapters)."""
+        return params if self.base is None else nnx.merge_state(self.base, params)
+
+    def sample_pi(self, params, prompt: Array, mask: Array, key: Array) -> SampleOutput:
+        """Responses of the policy ``params`` to left-padded prompts."""
+        return self.policy_sampler(self.whole(params), prompt, mask, key)
+
+    def sample_mix(self, params, ref_params, beta, prompt, mask, key) -> SampleOutput:
+        """Responses of the token-level geometric mixture ``softmax((1 - beta) l_pi + beta
+        l_mu)`` of ``params`` and ``ref_params``."""
+        return self.mixture_sampler(
+            self.whole(params), self.whole(ref_params), beta, prompt, mask, key
+        )
 
     def score(self, params: nnx.State, prompt: Array, mask: Array, y: SampleOutput) -> Array:
         """Teacher-forced per-token log-probs ``[b, n]`` of sampled responses under ``params``."""
-        return score_tokens(self.graphdef, params, prompt, mask, y.tokens, y.mask)
+        return score_tokens(self.graphdef, self.whole(params), prompt, mask, y.tokens, y.mask)
+
+    def frozen_models(self) -> dict:
+        """The models the step reads and never trains, as traced arguments (sharded like the
+        policy): the reference, LoRA's base and a model judge (the synthetic oracle is code)."""
+        frozen = {"reference": self.reference}
+        if self.base is not None:
+            frozen["base"] = self.base
+        if is_model(self.judge):
+            frozen["judge"] = self.judge
+        return frozen
+
+    def bind(self, frozen: dict) -> Context:
+        """This context inside the step, reading the frozen models from ``frozen``."""
+        return dataclasses.replace(
+            self,
+            reference=frozen["reference"],
+            judge=frozen.get("judge", self.judge),
+            base=frozen.get("base", self.base),
+        )
 
 
 # pair(ctx, state, prompt, prompt_mask, key_a, key_b) -> (a, b): the two responses to judge.
-PairFn = Callable[[Context, TrainState, Array, Array, Array, Array], tuple[Any, Any]]
+PairFn = Callable[[Context, "TrainState", Array, Array, Array, Array], tuple[Any, Any]]
 # extra(ctx, state, prompt, prompt_mask, a, b) -> (batch fields, metrics): outside the gradient.
-ExtraFn = Callable[[Context, TrainState, Array, Array, Any, Any], tuple[dict, dict]]
-# loss(ctx, batch, logp_a, logp_b) -> scalar; logp_b is None unless ``scores_b``.
-LossFn = Callable[[Context, dict, Array, Array | None], Array]
-# after(ctx, old_state, new_state) -> the new ``aux`` dict.
-AfterFn = Callable[[Context, TrainState, TrainState], dict]
-# setup(config, vocab_size, task or None) -> ``Context.extra`` (host-side, once).
-SetupFn = Callable[[ml_collections.ConfigDict, int, Any], dict]
+ExtraFn = Callable[[Context, "TrainState", Array, Array, Any, Any], tuple[dict, dict]]
+# loss(hp, batch, logp_a, logp_b) -> scalar; logp_b is None unless ``scores_b``.
+LossFn = Callable[[Any, dict, Array, Array | None], Array]
+# after(hp, old_state, new_state) -> the new ``aux`` dict.
+AfterFn = Callable[[Any, "TrainState", "TrainState"], dict]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +110,8 @@ class Method:
 
     Attributes:
       name: the ``config.method`` that selects it.
+      params: its hyperparameters: a frozen dataclass type whose fields (with defaults) are
+        config keys of its runs (``config.tau``, ``config.beta``, ...).
       pair: who the two judged responses come from.
       loss: its loss, from ``nlhf_jax.losses`` (the batch holds ``response_a/_b`` and masks,
         ``ref_logp_a`` (and ``ref_logp_b`` with ``scores_b``), ``preference`` = P(a > b), and
@@ -73,17 +121,39 @@ class Method:
         reward), computed outside the gradient.
       aux: names of the parameter copies kept in ``state.aux``, each starting as the reference.
       after: how ``aux`` changes after each update (EMA, re-anchoring, a new round).
-      setup: host-side loading before the step is built (a reward model).
+      needs_reward: the judge must give a scalar reward too (RLHF).
     """
 
     name: str
+    params: type
     pair: PairFn
     loss: LossFn
     scores_b: bool = False
     extra: ExtraFn | None = None
     aux: tuple[str, ...] = ()
     after: AfterFn | None = None
-    setup: SetupFn | None = None
+    needs_reward: bool = False
+
+    def hyperparameters(self, config) -> Any:
+        """The frozen hyperparameters of a run's config (its keys named by ``params``' fields)."""
+        return self.params(**{f.name: config[f.name] for f in dataclasses.fields(self.params)})
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    """Adds ``method`` to the registry ``python -m nlhf_jax.train`` and the configs read."""
+    if not (dataclasses.is_dataclass(method.params) and method.params.__dataclass_params__.frozen):
+        raise TypeError(f"{method.name}: params must be a frozen dataclass type")
+    METHODS[method.name] = method
+    return method
+
+
+def get(name: str) -> Method:
+    if name not in METHODS:
+        raise UserError(f"unknown online method {name!r}; known: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
 
 
 def where_tree(pred: Array, a: Any, b: Any) -> Any:

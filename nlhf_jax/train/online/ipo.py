@@ -1,15 +1,38 @@
-"""Online IPO and IPO-MD (ALGORITHMS.md 5): the IPO loss on pairs sampled online, weighted by
-the judge's P(a > b) over both orderings. Online IPO samples both responses from the policy;
-IPO-MD from the token-level mixture (its mixture's fixed point is the NE at tau / (1 - beta)).
+"""Online IPO and IPO-MD (docs/algorithms.md section 5): the IPO loss on pairs sampled online,
+weighted by the judge's P(a > b) over both orderings. Online IPO samples both responses from the
+policy; IPO-MD from the token-level mixture (its mixture's fixed point is the NE at
+tau / (1 - beta)).
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 from nlhf_jax import losses
-from nlhf_jax.train.online.base import Method
+from nlhf_jax.train.online.base import Method, register
 
 
-def pairwise_loss(ctx, batch, logp_a, logp_b):
+@dataclasses.dataclass(frozen=True)
+class OnlineIPO:
+    """Attributes:
+    tau: KL(pi || mu) weight; the IPO target is 1 / (2 tau).
+    """
+
+    tau: float = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class IPOMD:
+    """Attributes:
+    tau: KL(pi || mu) weight; the IPO target is 1 / (2 tau).
+    beta: the mixture's weight on mu.
+    """
+
+    tau: float = 0.1
+    beta: float = 0.125
+
+
+def pairwise_loss(hp, batch, logp_a, logp_b):
     """The IPO loss of the judged pair (with the reference's log-probs of both)."""
     return losses.ipo_loss(
         logp_a,
@@ -19,7 +42,7 @@ def pairwise_loss(ctx, batch, logp_a, logp_b):
         batch["ref_logp_b"],
         batch["response_b_mask"],
         batch["preference"],
-        ctx.config.tau,
+        hp.tau,
     )
 
 
@@ -28,11 +51,13 @@ def _policy_pair(ctx, state, prompt, mask, k_a, k_b):
 
 
 def _mixture_pair(ctx, state, prompt, mask, k_a, k_b):
-    beta = ctx.config.beta
+    beta = ctx.hp.beta
     return tuple(
         ctx.sample_mix(state.params, ctx.reference, beta, prompt, mask, k) for k in (k_a, k_b)
     )
 
 
-ONLINE_IPO = Method("online_ipo", pair=_policy_pair, loss=pairwise_loss, scores_b=True)
-IPO_MD = Method("ipo_md", pair=_mixture_pair, loss=pairwise_loss, scores_b=True)
+ONLINE_IPO = register(
+    Method("online_ipo", OnlineIPO, pair=_policy_pair, loss=pairwise_loss, scores_b=True)
+)
+IPO_MD = register(Method("ipo_md", IPOMD, pair=_mixture_pair, loss=pairwise_loss, scores_b=True))

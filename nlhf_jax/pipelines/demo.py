@@ -1,4 +1,5 @@
-"""The embedded default main job: every stage of NLHF on the synthetic task, then evaluation.
+"""The demo pipeline, the embedded default main job: every stage of NLHF on the synthetic task,
+then evaluation.
 
     python -m nlhf_jax.train                       # = make demo, writes runs/demo
     python -m nlhf_jax.train --config configs/demo.py --workdir DIR --config.demo.policy_steps=50
@@ -18,11 +19,11 @@ import time
 
 import ml_collections
 
+from nlhf_jax import evaluate, provenance
 from nlhf_jax.errors import UserError
-from nlhf_jax.evaluate import report
-from nlhf_jax.train import rlp
-from nlhf_jax.train.defaults import base_config
-from nlhf_jax.train.stages import run_stage, stage_config
+from nlhf_jax.evaluate import report, seeds
+from nlhf_jax.pipelines import rlp
+from nlhf_jax.pipelines.stages import pipeline_config, run_stage, stage_config
 
 # name -> (method, overrides): the policies compared (NLHF Table 1's MD, SP, BR and RLHF, and
 # the rest of the family).
@@ -36,7 +37,7 @@ POLICIES = {
     "online_ipo": ("online_ipo", {}),
     "inpo": ("inpo", {}),
 }
-# name -> (stage-1 policy, refresh): RLP (nlhf_jax/train/rlp.py), after the policies above: the
+# name -> (stage-1 policy, refresh): RLP (nlhf_jax/pipelines/rlp.py), after the policies above: the
 # judge of the stage-1 policy is retrained on its samples, and the method trained again from SFT.
 RLP_POLICIES = {
     "rlp_uml": ("rlhf", "uml"),
@@ -46,7 +47,8 @@ RLP_POLICIES = {
 
 
 def demo_config() -> ml_collections.ConfigDict:
-    c = base_config("demo")
+    c = pipeline_config("demo")
+    c.rlp = rlp.rlp_section()
     c.demo = ml_collections.ConfigDict(
         dict(
             sft_steps=300,
@@ -59,7 +61,9 @@ def demo_config() -> ml_collections.ConfigDict:
             rlhf_tau=0.4,
             # A comma-separated subset of POLICIES and RLP_POLICIES.
             policies=",".join([*POLICIES, *RLP_POLICIES]),
-            judge="preference_model",  # or "oracle": policies see the exact preference
+            # The Nash methods' judge: "preference_model" (learned) or "oracle" (the exact
+            # preference). RLHF always plays its reward model.
+            judge="preference_model",
             # The number of seeds. With more than one, each seed is a whole pipeline (its own
             # SFT, preference and reward models and policies, so the interval covers all of the
             # pipeline's randomness) in WORKDIR/seed_<k>, seeds config.seed .. config.seed +
@@ -70,7 +74,12 @@ def demo_config() -> ml_collections.ConfigDict:
     return c
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, quiet: bool = False) -> dict:
+def run(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    quiet: bool = False,
+    allow_changes: bool = False,
+) -> dict:
     """Runs every stage into ``workdir`` and returns the evaluation (also in results.json).
 
     With ``config.demo.seeds`` > 1, one whole pipeline per seed into ``workdir/seed_<k>`` (a
@@ -81,10 +90,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, quiet: bool = False) ->
     if num_seeds < 1:
         raise UserError(f"config.demo.seeds={num_seeds}: at least 1")
     if num_seeds == 1:
-        return run_pipeline(config, workdir, quiet)
-    from nlhf_jax import provenance
-    from nlhf_jax.evaluate import report, seeds
-
+        return run_pipeline(config, workdir, quiet, allow_changes)
     sources, seed_values = [], []
     for k in range(num_seeds):
         one = config.copy_and_resolve_references()
@@ -95,7 +101,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, quiet: bool = False) ->
         # directory would hold one copy per seed anyway, and seed_<k> stays self-contained.
         seed_dir = os.path.join(workdir, f"seed_{k}")
         print(f"== seed {k + 1}/{num_seeds} (seed {one.seed}) -> {seed_dir}", flush=True)
-        run_pipeline(one, seed_dir, quiet)
+        run_pipeline(one, seed_dir, quiet, allow_changes)
         sources.append(os.path.join(seed_dir, "results.json"))
         seed_values.append(one.seed)
     aggregated = seeds.aggregate(seeds.load(sources), sources, seeds=seed_values)
@@ -106,10 +112,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, quiet: bool = False) ->
     return aggregated
 
 
-def run_pipeline(config: ml_collections.ConfigDict, workdir: str, quiet: bool = False) -> dict:
+def run_pipeline(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    quiet: bool = False,
+    allow_changes: bool = False,
+) -> dict:
     """One seed (``config.seed``) of the whole pipeline into ``workdir``; its evaluation."""
-    from nlhf_jax import evaluate
-
     d = config.demo
     names = [n.strip() for n in d.policies.split(",") if n.strip()]
     known = {**POLICIES, **RLP_POLICIES}
@@ -127,28 +136,28 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str, quiet: bool = 
         config.data.data_dir = os.path.join(workdir, "data")  # one copy for every stage
     t0 = time.time()
     path = lambda name: os.path.join(workdir, name)
-    run_stage("sft", stage_config(config, "sft", d.sft_steps), path("sft"), quiet)
+    run_stage("sft", stage_config(config, "sft", d.sft_steps), path("sft"), quiet, allow_changes)
     for kind in ("preference_model", "reward_model"):
-        run_stage(kind, stage_config(config, kind, d.preference_steps), path(kind), quiet)
+        run_stage(
+            kind, stage_config(config, kind, d.preference_steps), path(kind), quiet, allow_changes
+        )
     judge = path("preference_model") if d.judge == "preference_model" else "oracle"
     for name in dict.fromkeys(first):
         method, overrides = POLICIES[name]
         if method == "rlhf":
-            overrides = {**overrides, "tau": d.rlhf_tau}
+            overrides = {**overrides, "tau": d.rlhf_tau, "judge": path("reward_model")}
         stage = stage_config(
             config,
             method,
             d.policy_steps,
             init_from=path("sft"),
-            judge=judge,
-            reward_model=path("reward_model"),
+            **{"judge": judge, **overrides},
             learning_rate=d.policy_learning_rate,
-            **overrides,
         )
-        run_stage(name, stage, path(name), quiet)
+        run_stage(name, stage, path(name), quiet, allow_changes)
     judges = {"preference_model": path("preference_model"), "reward_model": path("reward_model")}
     for name in refreshed:
-        judges[f"{name} judge"] = _rlp_stages(config, name, workdir, quiet)
+        judges[f"{name} judge"] = _rlp_stages(config, name, workdir, quiet, allow_changes)
     print(f"== evaluation ({time.time() - t0:.0f} s so far)", flush=True)
     results = evaluate.evaluate_runs(
         reference=path("sft"),
@@ -166,10 +175,11 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str, quiet: bool = 
     results["config"]["train_seed"] = config.seed
     results.setdefault("environment", {})["seed"] = config.seed
     report.write_json(os.path.join(workdir, "results.json"), results)
+    print(f"== wrote {workdir}: results.json, win_rate.png, training_curves.png", flush=True)
     return results
 
 
-def _rlp_stages(config, name: str, workdir: str, quiet: bool) -> str:
+def _rlp_stages(config, name: str, workdir: str, quiet: bool, allow_changes: bool) -> str:
     """The RLP stages of ``name`` (samples of its stage-1 policy, the refreshed judge, the
     method from SFT again into ``workdir/name``), reusing the demo's runs; the judge's dir."""
     method, mode = RLP_POLICIES[name]
@@ -183,4 +193,4 @@ def _rlp_stages(config, name: str, workdir: str, quiet: bool) -> str:
         "judge_rlp": path(f"{kind}_{mode.replace('+', '_')}"),
         "stage2": path(name),
     }
-    return rlp.run(c, workdir, quiet, dirs=dirs)["judge_rlp"]
+    return rlp.run(c, workdir, quiet, dirs=dirs, allow_changes=allow_changes)["judge_rlp"]

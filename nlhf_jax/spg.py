@@ -1,18 +1,10 @@
-"""RLP, reward learning on policy (ALGORITHMS.md 8; Lang et al., arXiv 2403.19279): the pure parts.
+"""RLP's synthetic preference generation (SPG; docs/algorithms.md section 8; Lang et al., arXiv
+2403.19279): pure selection of pairs from a policy's own samples.
 
-After a first round of RL, the judge (a reward model, or here also a preference model) is
-retrained on samples of the trained policy, without new human labels, in one of two ways:
-
-- **UML** (unsupervised multi-view learning): the judge's loss gets ``lam * L_M``, a multi-view
-  information bottleneck over two policy samples of one prompt. Gaussian codes ``z_i ~ N(mu(v_i),
-  diag(exp(logvar(v_i))))`` are read from the judge's last layer for the views ``v_i = (x, y_i)``;
-  ``L_M = -I(z_1; z_2) + SKL``, with I estimated by the Jensen-Shannon bound
-  (`jsd_mutual_information`) and SKL the mean of the two KL directions between the views' codes
-  (`symmetric_gaussian_kl`).
-- **SPG** (synthetic preference generation): group the n samples of a prompt into equivalent
-  answers; the confidence is the largest group's share; keep the prompt if it is at least gamma;
-  the pair is (the highest-scored member of the largest group, a uniform draw from the other
-  groups), labelled "chosen wins" (`spg_pairs`). Those pairs join the human pairs D.
+Group the n samples of a prompt into equivalent answers; the confidence is the largest group's
+share; keep the prompt if it is at least gamma; the pair is (the highest-scored member of the
+largest group, a uniform draw from the other groups), labelled "chosen wins" (`spg_pairs`).
+Those pairs join the human pairs D when the judge is retrained (``nlhf_jax.train.refresh``).
 
 Equivalence is pluggable (`equivalence_keys`): "exact" (the same tokens), or "task": the
 synthetic task's (quality, style) - the two properties its oracle reads, so two responses with
@@ -25,65 +17,9 @@ one that decodes the ids and returns the entailment cluster a response falls in)
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Hashable, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-
-Array = jax.Array
-
-# --- UML: the multi-view information bottleneck ------------------------------------------------
-
-
-def gaussian_kl(mu1: Array, logvar1: Array, mu2: Array, logvar2: Array) -> Array:
-    """KL(N(mu1, diag e^logvar1) || N(mu2, diag e^logvar2)) per row [b] (summed over dims)."""
-    var1, var2 = jnp.exp(logvar1), jnp.exp(logvar2)
-    per_dim = 0.5 * (logvar2 - logvar1 + (var1 + (mu1 - mu2) ** 2) / var2 - 1.0)
-    return jnp.sum(per_dim, axis=-1)
-
-
-def symmetric_gaussian_kl(mu1: Array, logvar1: Array, mu2: Array, logvar2: Array) -> Array:
-    """The mean of both KL directions per row [b]: zero iff the two codes' laws are equal."""
-    return 0.5 * (gaussian_kl(mu1, logvar1, mu2, logvar2) + gaussian_kl(mu2, logvar2, mu1, logvar1))
-
-
-def jsd_mutual_information(joint_b: Array, marginal_b: Array) -> Array:
-    """The Jensen-Shannon estimate of I(z1; z2) from critic scores (Hjelm et al., Deep InfoMax).
-
-    ``joint_b = T(z1_i, z2_i)`` on matched pairs (one prompt's two views) and
-    ``marginal_b = T(z1_i, z2_j)`` on mismatched ones (a draw from p(z1) p(z2)). The value is
-    ``E_joint[-softplus(-T)] - E_marginal[softplus(T)] + 2 log 2``: for the best critic it is
-    ``2 JSD(p(z1, z2) || p(z1) p(z2))``, which is 0 for independent codes and grows with their
-    dependence (at most 2 log 2). The constant does not change the gradient.
-    """
-    return (
-        jnp.mean(-jax.nn.softplus(-joint_b))
-        - jnp.mean(jax.nn.softplus(marginal_b))
-        + 2.0 * jnp.log(2.0)
-    )
-
-
-def multiview_bottleneck_loss(
-    critic: Callable[[Array, Array], Array],
-    z1: Array,
-    z2: Array,
-    mu1: Array,
-    logvar1: Array,
-    mu2: Array,
-    logvar2: Array,
-) -> tuple[Array, dict]:
-    """``L_M = -I(z1; z2) + mean_b SKL(p(z|v1) || p(z|v2))`` and its two terms.
-
-    Rows of ``z1``/``z2`` [b, k] are the two views of one prompt; the marginal pairs pair each
-    ``z1`` with the next row's ``z2`` (another prompt, the batch being shuffled).
-    """
-    mi = jsd_mutual_information(critic(z1, z2), critic(z1, jnp.roll(z2, 1, axis=0)))
-    skl = jnp.mean(symmetric_gaussian_kl(mu1, logvar1, mu2, logvar2))
-    return -mi + skl, {"uml/mutual_information": mi, "uml/symmetric_kl": skl}
-
-
-# --- SPG: synthetic preference pairs from equivalence groups -----------------------------------
 
 
 def spg_pairs(

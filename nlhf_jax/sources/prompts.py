@@ -22,10 +22,12 @@ import itertools
 import os
 from collections.abc import Callable
 
+import ml_collections
 import numpy as np
 
 from nlhf_jax import data
 from nlhf_jax.errors import MissingInput, UserError
+from nlhf_jax.sources import common
 from nlhf_jax.tasks.synthetic import EOS, PAD, SyntheticTask
 
 MIN_EVAL_ROWS = 64
@@ -75,8 +77,6 @@ class PromptSource:
 def synthetic_source(task: SyntheticTask, data_dir: str, eval_copies: int = 16) -> PromptSource:
     """Every prompt of the synthetic task, repeated so an epoch holds several batches (each
     batch is then a uniform shuffle over the prompts); ``eval_copies`` of each for evaluation."""
-    from nlhf_jax.data import build_records
-
     prompts = task.prompts()
 
     def batches(batch_size: int, seed: int) -> data.BatchIterator:
@@ -84,7 +84,7 @@ def synthetic_source(task: SyntheticTask, data_dir: str, eval_copies: int = 16) 
         rows = np.repeat(prompts, copies, axis=0)
         name = f"synthetic_prompts_{hashlib.sha256(rows.tobytes()).hexdigest()[:12]}"
         records = ({"prompt": row} for row in rows)
-        built = build_records({"train": records}, {"prompt": "tokens"}, data_dir, name=name)
+        built = data.build_records({"train": records}, {"prompt": "tokens"}, data_dir, name=name)
         options = data.BatchOptions(batch_size, task.prompt_len, seed=seed)
         return data.prompt_batches(built.source("train"), options)
 
@@ -201,14 +201,14 @@ def text_source(
             files = {"train": prompts_file}
             name = data.files_dataset_name(files)
             built = data.build_prompts(files, data_dir, name=name, on_error=on_error)
-            return built.source("train")
+            return built
     else:
         tfds_source = _tfds_prompt_source(prompts_tfds, data_dir)
         if len(tfds_source) == 0:
             raise UserError(f"config.data.prompts_tfds={prompts_tfds!r}: no prompts")
         first = [tfds_source[i] for i in range(min(num_eval_prompts, len(tfds_source)))]
         description = {"prompts_tfds": prompts_tfds}
-        records = lambda: tfds_source
+        records = None
     if eval_prompts_file:
         eval_records = read_prompt_texts(eval_prompts_file, on_error=on_error)
     else:
@@ -221,7 +221,18 @@ def text_source(
 
     def batches(batch_size: int, seed: int) -> data.BatchIterator:
         opts = dataclasses.replace(options, batch_size=batch_size, seed=seed)
-        return data.prompt_batches(records(), opts, tokenizer=tokenizer)
+        if records is None:
+            rows = tfds_source
+            if len(rows) < batch_size:
+                raise UserError(
+                    f"config.data.prompts_tfds={prompts_tfds!r}: {len(rows)} prompts, fewer than "
+                    f"one batch (config.batch_size={batch_size}); lower config.batch_size"
+                )
+        else:
+            built = records()
+            common.check_rows(prompts_file, built, batch_size, "prompts")
+            rows = built.source("train")
+        return data.prompt_batches(rows, opts, tokenizer=tokenizer)
 
     def decode(tokens, mask) -> str:
         return tokenizer.decode(
@@ -237,10 +248,48 @@ def text_source(
         max_new_tokens=max_new_tokens,
         decode=decode,
         identity={
-            "prompts": description,
+            "prompts": {
+                **description,
+                "eval_prompts_file": eval_prompts_file and os.path.abspath(eval_prompts_file),
+            },
             "eos_id": tokenizer.eos_token_id,
             "pad_id": tokenizer.pad_token_id,
             "chat_template": chat_template,
         },
         tokenizer=tokenizer,
+    )
+
+
+def prompts(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    policy_identity: dict | None = None,
+    tokenizer=None,
+) -> PromptSource:
+    """The prompts of an online run: the synthetic task (it must be the one the SFT run, whose
+    ``run.json`` is ``policy_identity``, was trained on) or the file or tfds set named in
+    ``config.data``, tokenized with ``tokenizer``."""
+    d = config.data
+    directory = common.data_dir(config, workdir)
+    if common.kind(config) == "synthetic":
+        task = common.task_from_config(config)
+        trained_on = (policy_identity or {}).get("task")
+        if trained_on is not None and trained_on != config.task.to_dict():
+            raise UserError(
+                f"config.init_from={config.init_from} was trained on another synthetic task "
+                f"({trained_on}) than config.task ({config.task.to_dict()})"
+            )
+        return synthetic_source(task, directory)
+    s = config.sampling
+    return text_source(
+        tokenizer,
+        prompts_file=d.prompts_file,
+        prompts_tfds=d.prompts_tfds,
+        eval_prompts_file=d.eval_prompts_file,
+        num_eval_prompts=d.num_eval_prompts,
+        max_prompt_len=d.max_prompt_len,
+        max_new_tokens=s.max_new_tokens or d.max_response_len,
+        chat_template=d.chat_template,
+        data_dir=directory,
+        on_error=d.on_error,
     )

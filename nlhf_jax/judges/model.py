@@ -1,21 +1,13 @@
-"""The judge interface: anything that says how likely response a is preferred to response b.
+"""Judges that are trained models: a preference model or a Bradley-Terry reward model run.
 
-Trainers (the opponent's win rate in Nash-MD, the preference signal of online IPO) and evaluation
-(win-rate matrices) call a judge without knowing whether it is a learned model or the exact
-oracle of a synthetic task (`nlhf_jax.tasks`), so a run can swap one for the other.
-
-    judge = PreferenceJudge(*nnx.split(preference_model))
-    prob_b = judge(prompt, prompt_mask, response_a, response_a_mask, response_b, response_b_mask)
-
-Arrays follow the batch format of `nlhf_jax.models.preference`: prompts left-padded, responses
-right-padded, each with a bool mask. The judges here are pytrees (their state is a leaf, their
-graphdef static), so they can be passed into, and called inside, `jax.jit`.
+judge = load_run("runs/pm")           # a ModelJudge; a pytree, so jit takes it as an argument
+p_b = judge(prompt, prompt_mask, response_a, response_a_mask, response_b, response_b_mask)
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import flax.struct
 import jax
@@ -23,58 +15,35 @@ from flax import nnx
 
 from nlhf_jax.checkpoint import JUDGE_METHODS, load_params, read_identity, transformer_config
 from nlhf_jax.errors import UserError
-from nlhf_jax.models.preference import PAIR_FIELDS, PreferenceModel, RewardModel
+from nlhf_jax.models.preference import PreferenceModel, RewardModel
 
 Array = jax.Array
 
 
-@runtime_checkable
-class Judge(Protocol):
-    """P(a > b | x) for a batch of pairs.
-
-    Implementations must be pure and jittable, and should be antisymmetric: swapping a and b
-    gives 1 - P (the model judges here are, by construction).
-    """
-
-    def __call__(
-        self,
-        prompt: Array,
-        prompt_mask: Array,
-        response_a: Array,
-        response_a_mask: Array,
-        response_b: Array,
-        response_b_mask: Array,
-    ) -> Array:
-        """Returns P(a > b) [b] float32 in [0, 1].
-
-        Args:
-          prompt: int [b, P], left-padded; prompt_mask: bool [b, P].
-          response_a: int [b, R], right-padded; response_a_mask: bool [b, R].
-          response_b: int [b, R'], right-padded; response_b_mask: bool [b, R'].
-        """
-        ...
-
-
-def judge_batch(judge: Judge, batch) -> Array:
-    """Calls `judge` on the pair fields of a batch dict (its `label`, if any, is ignored)."""
-    return judge(*(batch[k] for k in PAIR_FIELDS))
-
-
 @flax.struct.dataclass
 class ModelJudge:
-    """A trained `PreferenceModel` or `RewardModel` as a judge.
+    """A trained ``PreferenceModel`` or ``RewardModel`` as a judge.
 
     A preference model gives sigmoid(f(x, a, b) - f(x, b, a)); a reward model gives
-    sigmoid(r(x, a) - r(x, b)) (Bradley-Terry). Both models expose the same `logit`, so one
-    class serves both; `PreferenceJudge` and `RewardJudge` name the two uses.
+    sigmoid(r(x, a) - r(x, b)) (Bradley-Terry) and its reward r(x, y). Both models expose the
+    same ``logit``, so one class serves both. Jittable: its state is a pytree leaf (shard it,
+    pass it to jit), its graphdef static.
 
     Attributes:
-      graphdef: from `nnx.split(model)` (static).
-      state: the model's parameters (a pytree leaf: shard it, donate it, pass it to jit).
+      graphdef: from ``nnx.split(model)`` (static).
+      state: the model's parameters.
+      kind: "preference_model" or "reward_model" (static).
     """
 
     graphdef: nnx.GraphDef = flax.struct.field(pytree_node=False)
     state: nnx.State
+    kind: str = flax.struct.field(pytree_node=False, default="preference_model")
+
+    jittable = True
+
+    @property
+    def has_reward(self) -> bool:
+        return self.kind == "reward_model"
 
     def logit(self, prompt, prompt_mask, response_a, response_a_mask, response_b, response_b_mask):
         """d(x, a, b) [b] float32, with P(a > b) = sigmoid(d)."""
@@ -86,19 +55,22 @@ class ModelJudge:
     def __call__(
         self, prompt, prompt_mask, response_a, response_a_mask, response_b, response_b_mask
     ) -> Array:
-        """P(a > b) [b] float32; arguments as in `Judge.__call__`."""
+        """P(a > b) [b] float32; arguments as in ``Judge.__call__``."""
         return jax.nn.sigmoid(
             self.logit(
                 prompt, prompt_mask, response_a, response_a_mask, response_b, response_b_mask
             )
         )
 
+    def reward(self, prompt, prompt_mask, response, response_mask) -> Array:
+        """r(x, y) [b] float32 of a reward model (only differences are meaningful)."""
+        if not self.has_reward:
+            raise TypeError(f"a {self.kind} judge has no scalar reward")
+        model: RewardModel = nnx.merge(self.graphdef, self.state)
+        return model.reward(prompt, prompt_mask, response, response_mask)
 
-PreferenceJudge = ModelJudge
-RewardJudge = ModelJudge
 
-
-def load_judge(
+def load_run(
     workdir: str,
     task: Any = None,
     kinds: tuple[str, ...] = JUDGE_METHODS,
@@ -112,7 +84,7 @@ def load_judge(
       task: the synthetic task the judged responses come from (a dataclass), or None. A judge
         trained on synthetic pairs of another task (``data.task`` in its run.json) is refused.
       kinds: the methods accepted.
-      vocab_size: the vocabulary of the policies it will judge; a judge with a smaller
+      vocab_size: the vocabulary of the policies it will judge; a judge with another
         embedding table cannot read their tokens and is refused.
     """
     identity = read_identity(workdir)
@@ -140,4 +112,4 @@ def load_judge(
     else:
         model = RewardModel(cfg, bottleneck=bottleneck, rngs=nnx.Rngs(0))
     graphdef, like = nnx.split(model)
-    return ModelJudge(graphdef, load_params(workdir, like))
+    return ModelJudge(graphdef, load_params(workdir, like), kind=method)
