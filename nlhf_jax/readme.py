@@ -25,6 +25,7 @@ import re
 import sys
 from collections.abc import Sequence
 
+from nlhf_jax import benchmark_tables  # noqa: F401  (registers the benchmarks' tables)
 from nlhf_jax.errors import MissingInput, UserError, exit_on_user_error
 from nlhf_jax.tables import COMPACT, RENDERERS
 
@@ -34,6 +35,7 @@ SOURCES = {
     "demo": "demo/results.json",
     "benchmark_sampling": "benchmarks/sampling.json",
     "benchmark_train_step": "benchmarks/train_step.json",
+    "real_size": "benchmarks/real_size.json",
     "reproduce": "reproduce/results.json",
     "demo_avx2": "demo_avx2/results.json",
 }

@@ -132,9 +132,11 @@ def prefill(
 
 def _mix(weights_m: Array, logits_mbv: Array) -> Array:
     # A plain weighted sum, term by term: with weights (1, 0) the result is l_pi bit for bit.
-    mixed = weights_m[0] * logits_mbv[0]
+    # Weights are per model [M], or per model and row [M, b].
+    w = weights_m if weights_m.ndim == 1 else weights_m[:, :, None]
+    mixed = w[0] * logits_mbv[0]
     for m in range(1, logits_mbv.shape[0]):
-        mixed = mixed + weights_m[m] * logits_mbv[m]
+        mixed = mixed + w[m] * logits_mbv[m]
     return mixed
 
 
@@ -287,7 +289,9 @@ class MixtureSampler:
 
     ``MixtureSampler(policy_graphdef, ref_graphdef, config, settings)(policy_state, ref_state,
     beta, prompt_bt, prompt_mask_bt, key)`` samples each token from
-    ``softmax((1 - beta) l_pi + beta l_mu)``; ``beta`` is traced (no recompile per value).
+    ``softmax((1 - beta) l_pi + beta l_mu)``; ``beta`` is traced (no recompile per value), a
+    scalar or one weight per row ``[b]`` (rows with beta = 0 are samples of the policy itself:
+    two samplers' rows decoded in one loop read each model's weights once per token).
     beta = 0 gives the policy sampler's tokens (same key), beta = 1 the reference's. The two
     models must share the vocabulary; ``ref_config`` defaults to ``config``.
     """

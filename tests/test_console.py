@@ -194,7 +194,7 @@ def test_training_curves_one_colour_per_run_and_a_loss_panel_per_family(tmp_path
                     np.array(line.get_color()[:3], float), colors[line.get_label()][:3]
                 )
     assert panels == {
-        "exact/duality_gap logged by each run (its tau)": list(runs),
+        "exact duality gap, each run's own tau": list(runs),
         "training loss: policy gradient": ["nash_md", "self_play"],
         "training loss: IPO": ["online_ipo"],
         "training loss: rlp_rlhf": ["rlp"],

@@ -25,20 +25,9 @@ from nlhf_jax.evaluate.runs import parse_runs
 from nlhf_jax.judges import load_run
 from nlhf_jax.models import Transformer
 from nlhf_jax.tasks.synthetic import SyntheticTask
-from nlhf_jax.train import loop, methods
-from nlhf_jax.train.defaults import base_config
 
 SAMPLED = 64  # responses per prompt and policy: 576 per policy, a few seconds
 NAMES = ["sft", "sharp", "flat"]
-
-
-def _train(workdir: str, method: str, steps: int) -> str:
-    config = base_config(method)
-    config.num_steps, config.batch_size = steps, 64
-    config.data.train_demos, config.data.train_pairs = 4000, 1000
-    config.data.eval_pairs, config.data.eval_batch_size = 100, 100
-    loop.run(methods.build(config, workdir), workdir, num_steps=steps, quiet=True)
-    return workdir
 
 
 def _params(workdir: str):
@@ -62,14 +51,14 @@ def _tempered(sft: str, workdir: str, temperature: float) -> str:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(sft_run, judge_runs, tmp_path_factory):
+    """The session's SFT policy at three temperatures, and its preference model."""
     root = tmp_path_factory.mktemp("runs")
-    sft = _train(str(root / "sft"), "sft", 200)
     return {
-        "sft": sft,
-        "sharp": _tempered(sft, str(root / "sharp"), 0.5),
-        "flat": _tempered(sft, str(root / "flat"), 2.0),
-        "pm": _train(str(root / "pm"), "preference_model", 20),
+        "sft": sft_run,
+        "sharp": _tempered(sft_run, str(root / "sharp"), 0.5),
+        "flat": _tempered(sft_run, str(root / "flat"), 2.0),
+        "pm": judge_runs["preference_model"],
     }
 
 

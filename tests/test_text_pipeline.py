@@ -333,8 +333,7 @@ def test_lora_online_run_plays_against_its_own_base(files, runs, tmp_path):
     at the first step (fresh adapters change nothing) the policy's and the reference's
     log-probs of the same samples are equal and the sampled KL is exactly 0."""
     workdir = str(tmp_path / "nash_md_lora")
-    config = _lora(_config("nash_md", files, str(tmp_path)), rank=2)
-    config.init_from = os.path.join(runs, "sft")
+    config = _lora(_config("nash_md", files, runs), rank=2)
     trainer = methods.build(config, workdir)
     state = trainer.init_state()
     leaves = jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(state.params))

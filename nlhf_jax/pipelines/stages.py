@@ -50,12 +50,13 @@ def stage_config(config, method: str, num_steps: int, **overrides) -> ml_collect
 
 
 def run_stage(label: str, config, stage_dir: str, quiet: bool, allow_changes: bool = False) -> None:
-    """Trains ``config`` into ``stage_dir`` unless a checkpoint of its last step is there. The
-    stage's settings are recorded and compared as a single run's are (``settings.record``)."""
-    settings.record(stage_dir, config, allow_changes)
+    """Trains ``config`` into ``stage_dir`` unless a checkpoint of its last step is there. A
+    stage that trains has its settings recorded and compared as a single run's are
+    (``settings.record``); a finished one is left as it is."""
     if (latest_step(stage_dir) or 0) >= config.num_steps:
         print(f"== {label}: finished earlier in {stage_dir}", flush=True)
         return
+    settings.record(stage_dir, config, allow_changes)
     print(f"== {label} ({config.method}, {config.num_steps} steps) -> {stage_dir}", flush=True)
     t0 = time.time()
     loop.run(

@@ -96,19 +96,21 @@ def _config_keys(argv: list[str]) -> list[str] | None:
 
 
 def _unknown_key(error: Exception, argv: list[str]) -> str:
-    """One line for an override of a key the config lacks, with the closest key if any."""
-    message = str(error)
-    found = re.search(r"'([^'\\]+)'", message.replace('\\"', '"'))
-    key = found.group(1) if found else message.strip("\"'")
-    given = next(
-        (a for a in argv[1:] if a.startswith("--config.") and key in a.split("=")[0]), None
-    )
-    dotted = given.split("=")[0][len("--config.") :] if given else key
-    line = f"error: the config has no key '{dotted}'"
-    if given:
-        line = f"error: {given}: the config has no key '{dotted}'"
+    """One line for an override of a key the config lacks, with the closest key if any. The
+    override is found by checking each ``--config.KEY`` against the config's keys (absl's and
+    ml_collections' messages quote it in escaped, nested quotes)."""
     keys = _config_keys(argv) or []
+    prefixes = {k.rsplit(".", i)[0] for k in keys for i in range(k.count(".") + 1)}
+    overrides = [a for a in argv[1:] if a.startswith("--config.")]
+    given = next(
+        (a for a in overrides if a.split("=")[0][len("--config.") :] not in prefixes), None
+    )
+    if given is None:  # the config could not be loaded: fall back on the message's first word
+        found = re.search(r"[A-Za-z_][\w.]*", str(error))
+        return f"error: the config has no key '{found.group(0) if found else error}'"
+    dotted = given.split("=")[0][len("--config.") :]
     close = difflib.get_close_matches(dotted, keys, n=1, cutoff=0.6)
+    line = f"error: {given}: the config has no key '{dotted}'"
     return line + (f"; did you mean '{close[0]}'?" if close else "")
 
 

@@ -129,7 +129,13 @@ def record(
             for k in sorted(set(old) | set(new))
             if old.get(k, "<missing>") != new.get(k, "<missing>")
         }
-        refused = {k: v for k, v in changed.items() if not _resumable(k)}
+        # A key the recorded config lacks (added to the library since) or the new one lacks
+        # (removed) compares as unchanged: only a value the run was trained with can differ.
+        refused = {
+            k: v
+            for k, v in changed.items()
+            if not _resumable(k) and "<missing>" not in (v[0], v[1])
+        }
         if refused and not allow_changes:
             listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in refused.items())
             raise UserError(

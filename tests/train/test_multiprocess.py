@@ -1,6 +1,7 @@
 """`python -m nlhf_jax.train` under 2 processes (jax.distributed, a localhost coordinator, 2 fake
 CPU devices each) equals the 1-process run on 4 devices, and its checkpoint resumes in 1
-process.
+process. (That each process reads exactly its rows of the one-process batches is
+tests/data/test_pipeline.py's.)
 
 The 1-process runs happen here, in pytest's process, on 4 of its 8 fake devices: the same
 (data 2, fsdp 2) mesh over 4 devices, the same batches (every process reads the same global
@@ -118,16 +119,6 @@ def _one_process(config, workdir, steps):
     return trainer, jax.device_get(state)
 
 
-def test_two_processes_train_a_preference_model_like_one(tmp_path):
-    trainer, one = _one_process(_config("preference_model", num_steps=2), str(tmp_path / "one"), 2)
-    out = _two_processes("configs/preference_model.py", str(tmp_path / "two"), num_steps=2)
-    two = _state(str(tmp_path / "two"), 2, trainer.init_state())
-    _assert_close(two, one)
-    # One writer: process 0's console has the metrics, process 1's has none.
-    assert "[train step 2]" in out[0] and "[train step 2]" not in out[1]
-    assert len(open(tmp_path / "two" / "metrics.jsonl").read().splitlines()) == 2
-
-
 def test_nash_md_two_processes_then_one_resumes(sft_run, tmp_path):
     """1 Nash-MD-PG step in 2 processes equals it in 1; the 2-process checkpoint then resumes in
     1 process and its step 2 equals the 1-process run's."""
@@ -135,7 +126,11 @@ def test_nash_md_two_processes_then_one_resumes(sft_run, tmp_path):
     trainer, _ = _one_process(_config("nash_md", **kw), str(tmp_path / "one"), 2)
     like = trainer.init_state()
     one = {step: _state(str(tmp_path / "one"), step, like) for step in (1, 2)}
-    _two_processes("configs/nash_md.py", str(tmp_path / "two"), **{**kw, "num_steps": 1})
+    out = _two_processes("configs/nash_md.py", str(tmp_path / "two"), **{**kw, "num_steps": 1})
     _assert_close(_state(str(tmp_path / "two"), 1, like), one[1])
+    # One writer: process 0's console has the metrics, process 1's has none.
+    assert "[train step 1]" in out[0] and "[train step 1]" not in out[1]
+    rows = open(tmp_path / "two" / "metrics.jsonl").read().splitlines()
+    assert len(rows) == 2  # step 1: its train row and the final evaluation, written once
     _, resumed = _one_process(_config("nash_md", **kw), str(tmp_path / "two"), 2)
     _assert_close(resumed, one[2])

@@ -34,10 +34,15 @@ def test_nash_md_pg_lowers_the_duality_gap(sft_run, tmp_path):
 def test_judge_outside_unit_interval_is_an_error_and_nothing_is_saved(
     sft_run, tmp_path, monkeypatch
 ):
-    def bad_judge(config, source, vocab_size, extra):
-        return lambda *args: jnp.full((args[0].shape[0],), 1.5)
+    class OutOfRange:
+        """A jittable judge that answers 1.5 for every pair."""
 
-    monkeypatch.setattr(online.trainer, "_judge", bad_judge)
+        jittable = True
+
+        def __call__(self, prompt, *rest):
+            return jnp.full((prompt.shape[0],), 1.5)
+
+    monkeypatch.setattr(online.trainer, "load_judge", lambda *args: OutOfRange())
     trainer = methods.build(_nash_config(sft_run, num_steps=3), str(tmp_path))
     with pytest.raises(ValueError, match=r"outside \[0, 1\]: min 1.5"):
         loop.run(trainer, str(tmp_path), num_steps=3, checkpoint_every=1, quiet=True)

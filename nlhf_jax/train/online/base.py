@@ -70,6 +70,25 @@ class Context:
             self.whole(params), self.whole(ref_params), beta, prompt, mask, key
         )
 
+    def sample_two(self, params, ref_params, beta_a, beta_b, prompt, mask, key):
+        """Two independent responses to each prompt, ``a`` from the mixture of weight
+        ``beta_a`` on mu and ``b`` from ``beta_b`` (0: the policy itself), decoded together:
+        one loop over twice the rows, so each model's weights are read once per token instead
+        of once per sampler. ``ref_params=None`` (both betas 0): the policy alone."""
+        rows = prompt.shape[0]
+        twice = lambda x: jnp.concatenate([x, x], axis=0)
+        if ref_params is None:
+            both = self.sample_pi(params, twice(prompt), twice(mask), key)
+        else:
+            beta = jnp.concatenate(
+                [jnp.full((rows,), beta_a, jnp.float32), jnp.full((rows,), beta_b, jnp.float32)]
+            )
+            both = self.sample_mix(params, ref_params, beta, twice(prompt), twice(mask), key)
+        return (
+            jax.tree.map(lambda x: x[:rows], both),
+            jax.tree.map(lambda x: x[rows:], both),
+        )
+
     def score(self, params: nnx.State, prompt: Array, mask: Array, y: SampleOutput) -> Array:
         """Teacher-forced per-token log-probs ``[b, n]`` of sampled responses under ``params``."""
         return score_tokens(self.graphdef, self.whole(params), prompt, mask, y.tokens, y.mask)

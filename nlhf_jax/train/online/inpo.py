@@ -28,7 +28,8 @@ class INPO:
 
 
 def _pair(ctx, state, prompt, mask, k_a, k_b):
-    return tuple(ctx.sample_pi(state.aux["prev"], prompt, mask, k) for k in (k_a, k_b))
+    del k_b  # both in one decode loop
+    return ctx.sample_two(state.aux["prev"], None, 0.0, 0.0, prompt, mask, k_a)
 
 
 def _extra(ctx, state, prompt, mask, a, b):

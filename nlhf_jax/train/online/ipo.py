@@ -47,14 +47,14 @@ def pairwise_loss(hp, batch, logp_a, logp_b):
 
 
 def _policy_pair(ctx, state, prompt, mask, k_a, k_b):
-    return tuple(ctx.sample_pi(state.params, prompt, mask, k) for k in (k_a, k_b))
+    del k_b  # both in one decode loop
+    return ctx.sample_two(state.params, None, 0.0, 0.0, prompt, mask, k_a)
 
 
 def _mixture_pair(ctx, state, prompt, mask, k_a, k_b):
+    del k_b  # both in one decode loop
     beta = ctx.hp.beta
-    return tuple(
-        ctx.sample_mix(state.params, ctx.reference, beta, prompt, mask, k) for k in (k_a, k_b)
-    )
+    return ctx.sample_two(state.params, ctx.reference, beta, beta, prompt, mask, k_a)
 
 
 ONLINE_IPO = register(

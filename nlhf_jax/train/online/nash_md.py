@@ -27,9 +27,8 @@ class NashMD:
 
 
 def _pair(ctx, state, prompt, mask, k_a, k_b):
-    a = ctx.sample_pi(state.params, prompt, mask, k_a)
-    b = ctx.sample_mix(state.params, ctx.reference, ctx.hp.beta, prompt, mask, k_b)
-    return a, b
+    del k_b  # one decode loop draws both (rows with beta = 0 are samples of pi itself)
+    return ctx.sample_two(state.params, ctx.reference, 0.0, ctx.hp.beta, prompt, mask, k_a)
 
 
 def policy_gradient_loss(hp, batch, logp_a, logp_b):
