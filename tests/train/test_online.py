@@ -153,7 +153,7 @@ def test_rlhf_needs_a_reward_model_run(sft_run, tmp_path):
 
 
 def test_preference_model_judge_must_be_a_preference_model_run(sft_run, tmp_path):
-    with pytest.raises(ValueError, match="is a 'sft' run, not a preference_model run"):
+    with pytest.raises(ValueError, match="is a 'sft' run, not a preference_model or reward_model"):
         methods.build(_config(sft_run, "nash_md", judge=sft_run), str(tmp_path))
 
 
