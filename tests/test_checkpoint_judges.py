@@ -307,6 +307,8 @@ def test_bad_judges_are_one_line(files, sft, task_tokenizer, tmp_path):
         load("no_such_module_here:fn")
     with pytest.raises(UserError, match="has no attribute 'missing'"):
         load(f"{__name__}:missing")
+    with pytest.raises(UserError, match="dtype 'bf16' is not a floating dtype"):
+        load(files["lm"], dtype="bf16")
     with pytest.raises(UserError, match="the answer ' A' is 2 tokens of its tokenizer, not one"):
         load(files["lm"])  # the default template
     template = tmp_path / "template.txt"

@@ -43,6 +43,7 @@ import os
 from typing import Any, Protocol, runtime_checkable
 
 import jax
+import jax.numpy as jnp
 
 from nlhf_jax.errors import MissingInput, UserError
 from nlhf_jax.judges.function import is_function_spec, load_function
@@ -172,6 +173,14 @@ def _load_checkpoint(spec: str, tokenizer, vocab_size, dtype: str, template: str
     from nlhf_jax.models import hf
     from nlhf_jax.models.tokenizer import load_tokenizer
 
+    try:
+        floating = jnp.issubdtype(jnp.dtype(dtype), jnp.floating)
+    except TypeError:
+        floating = False
+    if not floating:
+        raise UserError(
+            f"judge {spec}: dtype {dtype!r} is not a floating dtype (float32, bfloat16, float16)"
+        )
     names = hf.read_config(spec).get("architectures") or []
     kind = next(
         (k for k in ("ForSequenceClassification", "ForCausalLM") if names and names[0].endswith(k)),

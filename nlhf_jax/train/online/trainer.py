@@ -68,6 +68,11 @@ def load_judge(config: ml_collections.ConfigDict, method: Method, source: Prompt
             "name a reward_model run's workdir (config.judge)"
         )
     dtype, template = config.get("judge_dtype", ""), config.get("judge_template", "")
+    if dtype and not judges.is_checkpoint_dir(config.judge):
+        raise UserError(
+            f"config.judge_dtype={dtype}: only a Hugging Face checkpoint judge takes a dtype "
+            f"(a run's judge computes in its own); config.judge={config.judge} is not one"
+        )
     judge = judges.load(
         config.judge,
         task=source.task,
@@ -86,11 +91,6 @@ def load_judge(config: ml_collections.ConfigDict, method: Method, source: Prompt
         raise UserError(
             f"config.judge_template={template}: only a causal LM judge reads a template, and "
             f"config.judge={config.judge} is not one"
-        )
-    if dtype and not judges.is_checkpoint_dir(config.judge):
-        raise UserError(
-            f"config.judge_dtype={dtype}: only a Hugging Face checkpoint judge takes a dtype "
-            f"(a run's judge computes in its own); config.judge={config.judge} is not one"
         )
     return judge
 
