@@ -10,15 +10,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 
 from nlhf_jax import judges
-from nlhf_jax.errors import UserError
+from nlhf_jax.errors import UserError, exit_on_user_error
+from nlhf_jax.evaluate.on_prompts import evaluate_on_prompts
 from nlhf_jax.judges.causal_lm import CausalLMJudge
 from nlhf_jax.judges.hf_reward import RetokenizedRewardJudge
 from nlhf_jax.models import tokenizer as tokenizers
@@ -224,10 +223,12 @@ def _config(stage: str, files: dict, **overrides):
 
 @pytest.fixture(scope="module")
 def sft(files):
-    """A one-step SFT run on the checkpoint: the reference and starting policy (its quality does
-    not matter here; its evaluation is skipped)."""
+    """An SFT run whose policy is the checkpoint itself: the reference and starting policy.
+    Its quality does not matter here, so its one step leaves the state as it is (nothing to
+    compile) and its evaluation is skipped."""
     workdir = os.path.join(files["root"], "sft")
-    trainer = dataclasses.replace(methods.build(_config("sft", files), workdir), evaluate=None)
+    trainer = methods.build(_config("sft", files), workdir)
+    trainer = dataclasses.replace(trainer, step=lambda state, batch: (state, {}), evaluate=None)
     loop.run(trainer, workdir, num_steps=1, quiet=True)
     return workdir
 
@@ -277,7 +278,7 @@ def test_rlhf_takes_a_reward_checkpoint_and_refuses_other_judges(files, sft, tmp
             methods.build(_config("rlhf", files, judge=judge, **kw), str(tmp_path / "refused"))
 
 
-def test_bad_judges_are_one_line(files, sft, task_tokenizer, tmp_path):
+def test_bad_judges_are_one_line(files, sft, task_tokenizer, tmp_path, capsys):
     vocab = files["vocab"]
     load = lambda spec, **kw: judges.load(spec, tokenizer=task_tokenizer, vocab_size=vocab, **kw)
     empty = tmp_path / "empty"
@@ -320,11 +321,11 @@ def test_bad_judges_are_one_line(files, sft, task_tokenizer, tmp_path):
             _config("nash_md", files, judge=files["rm_qwen2"], judge_template=str(template)),
             str(tmp_path / "refused"),
         )
-    # The CLI: one line, exit status 2.
-    out = subprocess.run(
-        [sys.executable, "-m", "nlhf_jax.evaluate", "--prompts", files["eval_prompts"],
-         "--reference", sft, "--judge", str(empty), f"sft2={sft}"],
-        capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"},
-    )  # fmt: skip
-    assert out.returncode == 2, out.stderr[-2000:]
-    assert out.stderr.strip().splitlines()[-1].startswith(f"error: judge {empty}: architectures=")
+    # What the entry points do with it (python -m nlhf_jax.evaluate --judge ...): one line and
+    # exit status 2.
+    evaluate = lambda: evaluate_on_prompts(sft, {"sft2": sft}, files["eval_prompts"], [str(empty)])
+    with pytest.raises(SystemExit) as exited:
+        exit_on_user_error(evaluate)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: judge {empty}: architectures=")
