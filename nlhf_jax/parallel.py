@@ -12,6 +12,7 @@ activations' shardings (``nlhf_jax.train.step.compile_step`` does it for every t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -202,6 +203,11 @@ def _rows(sharding: NamedSharding) -> tuple[tuple[str, ...], int]:
     return axes, math.prod(sharding.mesh.shape[a] for a in axes)
 
 
+def batch_devices(sharding: NamedSharding) -> int:
+    """How many ways a batch sharding splits the rows (a batch must be a multiple of it)."""
+    return _rows(sharding)[1]
+
+
 def shard_batch(batch: Mapping[str, Any], sharding: NamedSharding) -> dict[str, Any]:
     """Puts this process's rows of a batch (a dict, possibly nested, of [rows, ...] arrays) on
     the mesh, split along the first axis.
@@ -209,6 +215,8 @@ def shard_batch(batch: Mapping[str, Any], sharding: NamedSharding) -> dict[str, 
     With several processes each one passes its own rows (``nlhf_jax.data`` hands process k rows
     ``[k b, (k + 1) b)`` of every global batch) and `jax.make_array_from_process_local_data`
     assembles the global array; the mesh must give process k's devices exactly those rows.
+    Arrays that already have this sharding (global arrays a jitted function returned) are kept
+    as they are.
 
     Raises:
       ValueError: if the global batch is not divisible by the batch axes' device count, or if
@@ -217,6 +225,8 @@ def shard_batch(batch: Mapping[str, Any], sharding: NamedSharding) -> dict[str, 
     axes, ways = _rows(sharding)
 
     def one(path, rows):
+        if isinstance(rows, jax.Array) and rows.sharding == sharding:
+            return rows  # already the global array on the mesh (e.g. a jitted rollout's)
         rows = np.asarray(rows)
         global_rows = rows.shape[0] * jax.process_count()
         if global_rows % ways:
@@ -262,6 +272,16 @@ def put(tree: Any, shardings: Any) -> Any:
         return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
     return jax.tree.map(one, tree, shardings)
+
+
+def on_host() -> contextlib.AbstractContextManager:
+    """Builds models eagerly on the host CPU: the same initial values on every backend, and a
+    model is placed into its shards afterwards (``put``) instead of landing whole on one
+    accelerator first."""
+    try:
+        return jax.default_device(jax.local_devices(backend="cpu")[0])
+    except RuntimeError:  # a process started without the CPU backend
+        return contextlib.nullcontext()
 
 
 def to_host(tree: Any) -> Any:

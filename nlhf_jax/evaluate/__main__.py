@@ -48,8 +48,15 @@ def main(argv: list[str] | None = None) -> None:
         "--judge",
         action="append",
         default=[],
-        help="a preference_model (or reward_model) run's workdir; with --prompts also a text "
+        help="a preference_model (or reward_model) run's workdir; with --prompts also a Hugging "
+        "Face checkpoint directory (a reward model or a causal LM), module:function or a text "
         "task's task.json, and repeatable",
+    )
+    parser.add_argument(
+        "--judge-dtype", default="", help="with --prompts: checkpoint judges' dtype (float32)"
+    )
+    parser.add_argument(
+        "--judge-template", default="", help="with --prompts: a causal LM judge's template file"
     )
     parser.add_argument(
         "--prompts", help="a JSONL/Parquet prompts file: sampled evaluation of text runs"
@@ -101,6 +108,8 @@ def main(argv: list[str] | None = None) -> None:
                 samples=args.samples,
                 max_new_tokens=args.max_new_tokens,
                 seed=args.seed,
+                judge_dtype=args.judge_dtype,
+                judge_template=args.judge_template,
             )
             if args.out:
                 print(f"\nwrote {args.out}/results.json and win_rate.png")

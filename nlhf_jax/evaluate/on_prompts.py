@@ -9,9 +9,11 @@ Every policy (the reference first) draws ``N`` responses to every prompt at temp
 each judge the k-th response of policy i is judged against the k-th of policy j, which gives the
 win-rate matrix with stratified standard errors (``sampled_win_rates``). KL(pi || mu) is
 estimated from the same samples as the mean of ``log pi(y|x) - log mu(y|x)``. A judge is a
-``preference_model`` (or ``reward_model``) run, or a text task's ``task.json`` for its exact
-programmatic judge (``nlhf_jax.tasks.text``). The runs share the reference's tokenizer, which
-every text run keeps in its workdir.
+``preference_model`` (or ``reward_model``) run, a Hugging Face checkpoint directory (a reward
+model or a causal LM, ``--judge-dtype``, ``--judge-template``), ``module:function`` on the
+decoded texts, or a text task's ``task.json`` for its exact programmatic judge
+(``nlhf_jax.tasks.text``): every kind of ``nlhf_jax.judges``. The runs share the reference's
+tokenizer, which every text run keeps in its workdir.
 """
 
 from __future__ import annotations
@@ -30,13 +32,24 @@ from nlhf_jax.sampling import SamplingConfig
 from nlhf_jax.sources import encode_prompt_file
 
 
-def load_judges(specs: list[str], tokenizer, vocab_size: int) -> dict[str, object]:
-    """``{name: judge}`` of ``nlhf_jax.judges.load`` specs: a judge run's workdir, or a text
-    task's ``task.json`` (named "text_task")."""
+def load_judges(
+    specs: list[str], tokenizer, vocab_size: int, dtype: str = "", template: str = ""
+) -> dict[str, object]:
+    """``{name: judge}`` of ``nlhf_jax.judges.load`` specs: a judge run's workdir or a Hugging
+    Face checkpoint directory (named by its directory), ``module:function`` (by the function)
+    or a text task's ``task.json`` (named "text_task"). ``dtype`` and ``template`` apply to
+    the checkpoint judges (a causal LM's template)."""
     out = {}
     for spec in specs:
-        name = "text_task" if spec.endswith(".json") else os.path.basename(os.path.normpath(spec))
-        out[name] = judges.load(spec, tokenizer=tokenizer, vocab_size=vocab_size)
+        if spec.endswith(".json"):
+            name = "text_task"
+        elif judges.is_function(spec):
+            name = spec.rpartition(":")[2]
+        else:
+            name = os.path.basename(os.path.normpath(spec))
+        out[name] = judges.load(
+            spec, tokenizer=tokenizer, vocab_size=vocab_size, dtype=dtype, template=template
+        )
     return out
 
 
@@ -52,6 +65,8 @@ def evaluate_on_prompts(
     max_prompt_len: int = 256,
     seed: int = 0,
     quiet: bool = False,
+    judge_dtype: str = "",
+    judge_template: str = "",
 ) -> dict:
     """Sampled head-to-head evaluation of text policy runs; returns what results.json holds.
 
@@ -67,13 +82,18 @@ def evaluate_on_prompts(
       max_prompt_len: prompts are truncated from the left to this.
       seed: of the samples.
       quiet: print nothing.
+      judge_dtype: the checkpoint judges' dtype (empty: float32).
+      judge_template: a causal LM judge's prompt template file (empty: its default).
     """
     from nlhf_jax.evaluate.head_to_head import _named_runs
 
     if samples < 2:
         raise UserError(f"--samples {samples}: at least 2 responses per prompt")
     if not judges:
-        raise UserError("name at least one --judge: a preference_model run or a task.json")
+        raise UserError(
+            "name at least one --judge: a preference_model run, a Hugging Face checkpoint, "
+            "module:function or a task.json"
+        )
     named = _named_runs(reference, runs, policy_identity("reference", reference)["method"])
     tokenizer = run_tokenizer(reference)
     if tokenizer is None:
@@ -85,7 +105,7 @@ def evaluate_on_prompts(
     vocab = {p.config.vocab_size for p in policies}
     if len(vocab) > 1:
         raise UserError(f"the runs have different vocabularies: {sorted(vocab)}")
-    judge_fns = load_judges(judges, tokenizer, vocab.pop())
+    judge_fns = load_judges(judges, tokenizer, vocab.pop(), judge_dtype, judge_template)
     records, prompts, prompt_mask, truncated = encode_prompt_file(
         prompts_file,
         tokenizer,

@@ -1,5 +1,6 @@
 """Load and save Llama/Qwen2/Qwen3 checkpoints in the Hugging Face layout (config.json +
-safetensors).
+safetensors): causal LMs (`load_pretrained`, `save_pretrained`) and one-label sequence
+classifiers as reward models (`load_reward_model`).
 
 transformers 5 has no Flax models, so weights are read and written with `safetensors` and mapped
 to our parameter tree here; `transformers.AutoConfig` reads the config. A directory written by
@@ -22,6 +23,7 @@ from flax import nnx
 
 from nlhf_jax.errors import MissingInput, UserError
 from nlhf_jax.models.config import RopeScaling, TransformerConfig
+from nlhf_jax.models.preference import RewardModel
 from nlhf_jax.models.transformer import Transformer
 
 SUPPORTED = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
@@ -218,32 +220,19 @@ class _TensorReader:
         return tuple(self._open[file].get_slice(name).get_shape())
 
 
-def load_pretrained(
-    path: str, *, dtype: str = "float32", param_dtype: str = "float32"
-) -> Transformer:
-    """Loads a Llama/Qwen2 checkpoint directory into a `Transformer`.
-
-    Args:
-      path: directory with config.json and model.safetensors (or model.safetensors.index.json
-        and its shards).
-      dtype: compute dtype of the returned model.
-      param_dtype: dtype the weights are cast to.
-
-    Raises:
-      FileNotFoundError: naming the missing file.
-      ValueError: on an unsupported architecture, a missing or unexpected tensor, or a tensor
-        whose shape differs from what config.json implies (named, with both shapes).
-    """
+def _hf_config(path: str, dtype: str, param_dtype: str):
     _read_config_json(path)
     # Weights only from safetensors (a pickle-based .bin/.pt beside them is never read) and no
     # code from the directory (trust_remote_code off).
     hf_config = transformers.AutoConfig.from_pretrained(
         path, local_files_only=True, trust_remote_code=False
     )
-    config = config_from_hf(hf_config, dtype=dtype, param_dtype=param_dtype)
-    reader = _TensorReader(path)
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))))
-    pure = nnx.to_pure_dict(abstract)
+    return hf_config, config_from_hf(hf_config, dtype=dtype, param_dtype=param_dtype)
+
+
+def _fill(path: str, config: TransformerConfig, reader: _TensorReader, pure: dict) -> set[str]:
+    """Reads every tensor `_hf_layout(config)` names into `pure` (a `Transformer`'s pure dict,
+    in place); returns the names read."""
     used = set()
     for our_path, hf_name, hf_shape, kind in _hf_layout(config):
         layers = range(config.num_layers) if our_path[0] == "layers" else [None]
@@ -267,18 +256,84 @@ def load_pretrained(
             leaf = leaf[key]
         target = leaf[our_path[-1]]
         leaf[our_path[-1]] = jnp.asarray(array.reshape(target.shape), dtype=target.dtype)
-    # A tied checkpoint may still carry a (duplicate) lm_head.weight; it is the embedding.
-    tied_head = {"lm_head.weight"} if config.tie_embeddings else set()
+    return used
+
+
+def _refuse_unused(path: str, reader: _TensorReader, used: set[str], what: str) -> None:
     unexpected = sorted(
-        n
-        for n in reader.file_of
-        if n not in used and n not in tied_head and not n.endswith(_IGNORED_SUFFIXES)
+        n for n in reader.file_of if n not in used and not n.endswith(_IGNORED_SUFFIXES)
     )
     if unexpected:
         raise UserError(
-            f"{path}: {len(unexpected)} tensors not used by a {hf_config.model_type} model of "
-            f"this config, e.g. {unexpected[:5]}"
+            f"{path}: {len(unexpected)} tensors not used by a {what} of this config, "
+            f"e.g. {unexpected[:5]}"
         )
+
+
+def load_pretrained(
+    path: str, *, dtype: str = "float32", param_dtype: str = "float32"
+) -> Transformer:
+    """Loads a Llama/Qwen2 checkpoint directory into a `Transformer`.
+
+    Args:
+      path: directory with config.json and model.safetensors (or model.safetensors.index.json
+        and its shards).
+      dtype: compute dtype of the returned model.
+      param_dtype: dtype the weights are cast to.
+
+    Raises:
+      FileNotFoundError: naming the missing file.
+      ValueError: on an unsupported architecture, a missing or unexpected tensor, or a tensor
+        whose shape differs from what config.json implies (named, with both shapes).
+    """
+    hf_config, config = _hf_config(path, dtype, param_dtype)
+    reader = _TensorReader(path)
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))))
+    pure = nnx.to_pure_dict(abstract)
+    used = _fill(path, config, reader, pure)
+    # A tied checkpoint may still carry a (duplicate) lm_head.weight; it is the embedding.
+    if config.tie_embeddings:
+        used.add("lm_head.weight")
+    _refuse_unused(path, reader, used, f"{hf_config.model_type} model")
+    nnx.replace_by_pure_dict(abstract, pure)
+    return nnx.merge(graphdef, abstract)
+
+
+def read_config(path: str) -> dict:
+    """A checkpoint directory's config.json, as a dict; raises naming the file if it is missing
+    or its ``model_type`` is not one of ``SUPPORTED``."""
+    return _read_config_json(path)
+
+
+def load_reward_model(
+    path: str, *, pad_id: int, dtype: str = "float32", param_dtype: str = "float32"
+) -> RewardModel:
+    """Loads a Llama/Qwen2/Qwen3 ``*ForSequenceClassification`` checkpoint with one label (a
+    reward model) into a `RewardModel`: the ``model.*`` tensors are its backbone, the row of
+    ``score.weight [1, hidden]`` its head, and the reward is read where transformers reads it,
+    at the last real token that is not ``pad_id`` (``RewardModel.pad_id``).
+
+    Raises:
+      ValueError (a ``UserError``): as `load_pretrained`, and on a classifier of several labels.
+    """
+    hf_config, config = _hf_config(path, dtype, param_dtype)
+    config = config.replace(tie_embeddings=True)  # a classifier has no LM head
+    reader = _TensorReader(path)
+    make = lambda: RewardModel(config, pad_id=pad_id, rngs=nnx.Rngs(0))
+    graphdef, abstract = nnx.split(nnx.eval_shape(make))
+    pure = nnx.to_pure_dict(abstract)
+    used = _fill(path, config, reader, pure["backbone"])
+    if "score.weight" not in reader.file_of:
+        raise UserError(f"{path}: checkpoint lacks tensor score.weight (the classifier's head)")
+    found = reader.shape("score.weight")
+    if found != (1, config.d_model):
+        raise UserError(
+            f"{path}: score.weight has shape {found}; a reward model has one label, "
+            f"[1, {config.d_model}] (num_labels=1)"
+        )
+    target = pure["head"]["w"]
+    pure["head"]["w"] = jnp.asarray(reader.get("score.weight")[0], dtype=target.dtype)
+    _refuse_unused(path, reader, used | {"score.weight"}, f"{hf_config.model_type} classifier")
     nnx.replace_by_pure_dict(abstract, pure)
     return nnx.merge(graphdef, abstract)
 

@@ -77,12 +77,16 @@ def _backbone(config: TransformerConfig, rngs: nnx.Rngs) -> Transformer:
     return Transformer(config.replace(tie_embeddings=True), rngs=rngs)
 
 
-def _last_real_hidden(backbone: Transformer, tokens_bt: Array, mask_bt: Array) -> Array:
-    """Hidden state [b, d] at each row's last real token (position 0 if a row is all padding)."""
+def _last_real_hidden(
+    backbone: Transformer, tokens_bt: Array, mask_bt: Array, skip_id: int | None = None
+) -> Array:
+    """Hidden state [b, d] at each row's last real token (position 0 if a row is all padding);
+    with ``skip_id``, the last real token that is not ``skip_id``."""
     mask_bt = mask_bt.astype(bool)
     h_btd, _ = backbone.hidden(tokens_bt, positions_from_mask(mask_bt), input_mask_bt=mask_bt)
     t = tokens_bt.shape[1]
-    last_b = jnp.max(jnp.where(mask_bt, jnp.arange(t), 0), axis=1)
+    read_bt = mask_bt if skip_id is None else mask_bt & (tokens_bt != skip_id)
+    last_b = jnp.max(jnp.where(read_bt, jnp.arange(t), 0), axis=1)
     return jnp.take_along_axis(h_btd, last_b[:, None, None], axis=1)[:, 0]
 
 
@@ -170,6 +174,10 @@ class RewardModel(nnx.Module):
     Attributes:
       backbone: a `Transformer` (tied, its LM head unused).
       head: `ScalarHead`.
+      pad_id: None, or the pad id of a Hugging Face sequence classifier
+        (`nlhf_jax.models.hf.load_reward_model`): the score is then read where transformers
+        reads it, at the last real token that is not this id (a trailing EOS that doubles as
+        the pad token is skipped).
     """
 
     def __init__(
@@ -177,11 +185,13 @@ class RewardModel(nnx.Module):
         config: TransformerConfig,
         *,
         bottleneck: tuple[int, int] | None = None,
+        pad_id: int | None = None,
         rngs: nnx.Rngs,
     ):
         self.backbone = _backbone(config, rngs)
         self.head = ScalarHead(config, rngs=rngs)
         self.bottleneck = bottleneck_heads(config.d_model, bottleneck, rngs)
+        self.pad_id = pad_id
 
     def features(self, prompt_bp, prompt_mask_bp, response_br, response_mask_br) -> Array:
         """The last layer's hidden state [b, d] at the last real token of [prompt, response]."""
@@ -189,7 +199,7 @@ class RewardModel(nnx.Module):
         mask_bt = jnp.concatenate(
             [prompt_mask_bp.astype(bool), response_mask_br.astype(bool)], axis=1
         )
-        return _last_real_hidden(self.backbone, tokens_bt, mask_bt)
+        return _last_real_hidden(self.backbone, tokens_bt, mask_bt, self.pad_id)
 
     def reward(self, prompt_bp, prompt_mask_bp, response_br, response_mask_br) -> Array:
         """r(x, y) [b] float32. Only differences are meaningful (BT is shift invariant)."""

@@ -150,10 +150,17 @@ def base_config(method: str) -> ml_collections.ConfigDict:
         c.rlp = refresh_config()
     elif method in online.METHODS:
         # The SFT run whose policy is the reference and the start; the judge ("oracle": the
-        # synthetic task's exact preference, or a preference_model / reward_model run's
-        # workdir; RLHF's must give a reward); the method's hyperparameters.
+        # synthetic task's exact preference; a preference_model / reward_model run's workdir;
+        # a Hugging Face checkpoint directory, a *ForSequenceClassification reward model or a
+        # *ForCausalLM asked "A or B?"; module:function, a host function of the decoded
+        # texts; a text task's task.json; RLHF's must give a reward: docs/judges_and_data.md);
+        # a checkpoint judge's dtype (empty: float32) and a causal LM judge's prompt template
+        # file (empty: the default, nlhf_jax.judges.causal_lm.DEFAULT_TEMPLATE); the method's
+        # hyperparameters.
         c.init_from = ""
         c.judge = "" if online.METHODS[method].needs_reward else "oracle"
+        c.judge_dtype = ""
+        c.judge_template = ""
         for field in dataclasses.fields(online.METHODS[method].params):
             if field.name in c:
                 raise ValueError(f"{method}: hyperparameter {field.name!r} shadows a config key")

@@ -10,9 +10,6 @@ run kept (``nlhf_jax.sources.tokenizer``).
 
 from __future__ import annotations
 
-import contextlib
-
-import jax
 import ml_collections
 import optax
 from flax import nnx
@@ -22,6 +19,7 @@ from nlhf_jax.errors import UserError
 from nlhf_jax.models import Transformer, TransformerConfig, get_preset
 from nlhf_jax.models.config import EXECUTION_FIELDS
 from nlhf_jax.models.lora import LoRAConfig
+from nlhf_jax.parallel import on_host
 
 
 def optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -42,16 +40,6 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> Transfor
     # An empty string keeps the preset's value (dtype, param_dtype, attention, remat).
     overrides = {k: v for k, v in config.model.items() if k not in skip and v != ""}
     return get_preset(config.model.preset, **{"vocab_size": vocab_size, **overrides})
-
-
-def on_host() -> contextlib.AbstractContextManager:
-    """Builds models eagerly on the host CPU: the same initial values on every backend, and a
-    model is placed into its shards afterwards (``nlhf_jax.train.step``) instead of
-    landing whole on one accelerator first."""
-    try:
-        return jax.default_device(jax.local_devices(backend="cpu")[0])
-    except RuntimeError:  # a process started without the CPU backend
-        return contextlib.nullcontext()
 
 
 def checkpoint_model(config: ml_collections.ConfigDict) -> Transformer | None:

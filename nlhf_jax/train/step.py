@@ -16,6 +16,7 @@ with ``compile_step``:
   placed, the state and the frozen models must fit the devices (``nlhf_jax.train.memory``).
 - ``online_parts`` is what the online family adds (``nlhf_jax.train.online``): a method says
   how its pair is sampled, its extra log-probs, its loss and ``after``; this composes them.
+  With a host judge the online step is split around it (``nlhf_jax.train.split``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,15 @@ from nlhf_jax import losses, parallel
 from nlhf_jax.errors import UserError
 from nlhf_jax.logprobs import score_tokens
 from nlhf_jax.train import memory
+
+# What each trainer's batch holds, and its chex check (re-exported: the trainers import them here).
+from nlhf_jax.train.batches import (  # noqa: F401
+    DEMONSTRATIONS,
+    JUDGED_PAIR,
+    PAIRS,
+    PROMPTS,
+    check_batch,
+)
 
 # loss_fn(graphdef, params, batch, rng) -> (scalar loss, metrics dict)
 LossFn = Callable[[nnx.GraphDef, nnx.State, dict, jax.Array], tuple[jax.Array, dict]]
@@ -62,6 +72,12 @@ class TrainState:
     aux: Any = None
 
 
+def step_key(state: TrainState) -> jax.Array:
+    """One step's key: the run's key folded with the step number (what a resumed run redraws,
+    and what the split online step's rollout draws, ``nlhf_jax.train.split``)."""
+    return jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+
+
 def init_train_state(params: nnx.State, tx: optax.GradientTransformation, seed: int, aux=None):
     return TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -77,35 +93,6 @@ def init_train_state(params: nnx.State, tx: optax.GradientTransformation, seed: 
 Prepare = Callable[[TrainState, dict, jax.Array, Any], tuple[dict, dict]]
 # after(old_state, new_state) -> new_state: bookkeeping after the update (EMA, re-anchoring).
 After = Callable[[TrainState, TrainState], TrainState]
-
-# What each trainer's batch holds: field -> (dtype, rank). Every field shares the leading axis.
-PROMPTS = {"prompt": (jnp.int32, 2), "prompt_mask": (jnp.bool_, 2)}
-DEMONSTRATIONS = {**PROMPTS, "response": (jnp.int32, 2), "response_mask": (jnp.bool_, 2)}
-PAIRS = {
-    **PROMPTS,
-    "response_a": (jnp.int32, 2),
-    "response_a_mask": (jnp.bool_, 2),
-    "response_b": (jnp.int32, 2),
-    "response_b_mask": (jnp.bool_, 2),
-    "label": (jnp.float32, 1),
-}
-# What an online method's ``prepare`` adds to its prompts (before the method's own fields).
-JUDGED_PAIR = {
-    **{k: v for k, v in PAIRS.items() if k != "label"},
-    "ref_logp_a": (jnp.float32, 2),
-    "preference": (jnp.float32, 1),
-}
-
-
-def check_batch(batch: Mapping[str, Any], spec: Mapping[str, tuple[Any, int]]) -> None:
-    """chex: every field of ``spec`` is present with its dtype and rank, all of one batch size."""
-    missing = sorted(set(spec) - set(batch))
-    if missing:
-        raise AssertionError(f"batch lacks {missing}; it has {sorted(batch)}")
-    arrays = [batch[k] for k in spec]
-    chex.assert_type(arrays, [dtype for dtype, _ in spec.values()])
-    chex.assert_rank(arrays, [rank for _, rank in spec.values()])
-    chex.assert_equal_shape_prefix(arrays, 1)
 
 
 def split_micro_batches(batch: Any, micro_batches: int) -> Any:
@@ -182,7 +169,7 @@ def make_step(
     def step(state: TrainState, batch: dict, frozen: Any = None) -> tuple[TrainState, dict]:
         if batch_spec is not None:
             check_batch(batch, batch_spec)
-        rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        rng = step_key(state)
         prep_metrics = {}
         if prepare is not None:
             k_prep, rng = jax.random.split(rng)
@@ -259,6 +246,7 @@ def compile_step(
     prepared_spec: Mapping[str, tuple[Any, int]] | None = None,
     weight_fn: Callable[[dict], jax.Array] | None = None,
     assemble: Callable[[Any, Any], nnx.State] | None = None,
+    resident: Mapping[str, Any] | None = None,
 ) -> Compiled:
     """The sharded step and state of a trainer (see the module docstring).
 
@@ -269,6 +257,7 @@ def compile_step(
         ``make_step``; ``prepare`` receives the placed ``frozen`` models as its fourth argument.
       aux: names of parameter copies kept in ``state.aux``, each starting as ``params``.
       frozen: a pytree of models the step reads but never trains.
+      resident: more models on the devices, by name (a host judge's): counted, not placed.
     """
     where = parallel.placement(config)
     params_sh = where.shardings(params)
@@ -283,6 +272,7 @@ def compile_step(
     parts = {"train state": (abstract, state_sh)}
     if frozen is not None:
         parts["frozen models"] = (frozen, frozen_sh)
+    parts.update({name: (tree, where.shardings(tree)) for name, tree in (resident or {}).items()})
     device = str(where.mesh.devices.flat[0].device_kind)
     memory.check_fits(parts, memory.device_memory(config, where.mesh), device)
 
@@ -381,8 +371,14 @@ def online_parts(method, ctx) -> tuple[Prepare, LossFn, After | None]:
 
 def compile_online(config: ml_collections.ConfigDict, method, ctx, params=None) -> Compiled:
     """The online ``method``'s sharded step and state on ``config.mesh`` (``compile_step``),
-    training ``params`` (default: from the reference; LoRA: the fresh adapters)."""
+    training ``params`` (default: from the reference; LoRA: the fresh adapters): one fused
+    step with a jittable judge, split around a host judge (``nlhf_jax.train.split``)."""
     from nlhf_jax.train import initial
+
+    if not getattr(ctx.judge, "jittable", True):
+        from nlhf_jax.train.split import compile_split
+
+        return compile_split(config, method, ctx, params)
 
     prepare, loss_fn, after = online_parts(method, ctx)
     assemble = None if ctx.base is None else (lambda p, frozen: ctx.bind(frozen).whole(p))

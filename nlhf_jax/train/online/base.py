@@ -43,7 +43,8 @@ class Context:
       reference: the reference policy mu's parameters (the SFT policy; never trained).
       policy_sampler: a ``PolicySampler`` of whole states.
       mixture_sampler: a ``MixtureSampler`` of whole states.
-      judge: the run's judge (``nlhf_jax.judges``), jittable.
+      judge: the run's judge (``nlhf_jax.judges``): jittable, or a host judge, around which
+        the step is split (``nlhf_jax.train.split``).
       base: LoRA's frozen base (every parameter but the adapters), or None.
     """
 

@@ -19,6 +19,7 @@ import numpy as np
 from nlhf_jax import evaluate, judges, parallel, sources
 from nlhf_jax.checkpoint import load_policy
 from nlhf_jax.errors import UserError
+from nlhf_jax.judges.causal_lm import CausalLMJudge
 from nlhf_jax.models import lora as lora_lib
 from nlhf_jax.sampling import MixtureSampler, PolicySampler, SamplingConfig
 from nlhf_jax.sources import PromptSource
@@ -52,11 +53,13 @@ def sampling_config(config: ml_collections.ConfigDict, source: PromptSource) -> 
 
 
 def load_judge(config: ml_collections.ConfigDict, method: Method, source: PromptSource, vocab):
-    """The run's judge (``config.judge``), checked against what ``method`` needs of it."""
+    """The run's judge (``config.judge``, with ``judge_dtype`` and ``judge_template``), checked
+    against what ``method`` needs of it."""
     if not config.judge:
         raise UserError(
             f"config.judge is empty: name the judge of {method.name!r} (a preference_model or "
-            "reward_model run's workdir, or 'oracle' on the synthetic task)"
+            "reward_model run's workdir, a Hugging Face checkpoint directory, module:function, "
+            "a text task's task.json, or 'oracle' on the synthetic task)"
         )
     kinds = ("reward_model",) if method.needs_reward else judges.JUDGE_METHODS
     if method.needs_reward and config.judge == "oracle":
@@ -64,11 +67,31 @@ def load_judge(config: ml_collections.ConfigDict, method: Method, source: Prompt
             f"method {method.name!r} maximizes a scalar reward; the synthetic oracle has none: "
             "name a reward_model run's workdir (config.judge)"
         )
+    dtype, template = config.get("judge_dtype", ""), config.get("judge_template", "")
+    if dtype and not judges.is_checkpoint_dir(config.judge):
+        raise UserError(
+            f"config.judge_dtype={dtype}: only a Hugging Face checkpoint judge takes a dtype "
+            f"(a run's judge computes in its own); config.judge={config.judge} is not one"
+        )
     judge = judges.load(
-        config.judge, task=source.task, tokenizer=source.tokenizer, vocab_size=vocab, kinds=kinds
+        config.judge,
+        task=source.task,
+        tokenizer=source.tokenizer,
+        vocab_size=vocab,
+        kinds=kinds,
+        dtype=dtype,
+        template=template,
     )
-    if not judge.jittable:
-        raise UserError(f"config.judge={config.judge}: a host judge cannot train (yet)")
+    if method.needs_reward and not judges.has_reward(judge):
+        raise UserError(
+            f"method {method.name!r} maximizes a scalar reward; config.judge={config.judge} "
+            "gives none: name a reward_model run or a sequence-classification checkpoint"
+        )
+    if template and not isinstance(judge, CausalLMJudge):
+        raise UserError(
+            f"config.judge_template={template}: only a causal LM judge reads a template, and "
+            f"config.judge={config.judge} is not one"
+        )
     return judge
 
 
@@ -120,7 +143,7 @@ def build_online(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
         "model": dataclasses.asdict(sft.config),
         # What the run played against and started from, by path (recorded, not shapes).
         "reference": os.path.abspath(config.init_from),
-        "judge": config.judge if config.judge == "oracle" else os.path.abspath(config.judge),
+        "judge": judges.describe(config.judge),
         **source.identity,
     }
     if lora is None:
@@ -162,12 +185,17 @@ def _evaluator(config, source: PromptSource, ctx: Context):
         k_pi, k_ref = jax.random.split(key)
         y = c.sample_pi(params, prompts, mask, k_pi)
         y_ref = c.sample_pi(c.reference, prompts, mask, k_ref)
+        if not c.judge.jittable:  # a host judge answers after sampling (evaluate_fn)
+            return y_ref, y.tokens, y.mask
         win = jnp.mean(c.judge(prompts, mask, y.tokens, y.mask, y_ref.tokens, y_ref.mask))
         return win, y.tokens, y.mask
 
     def evaluate_fn(state) -> dict:
         params = parallel.to_host(state.params)
         win, tokens, y_mask = sampled(params, frozen, jax.random.key(config.seed + 1))
+        if not ctx.judge.jittable:
+            y_ref, tokens, y_mask = parallel.to_host((win, tokens, y_mask))
+            win = np.mean(ctx.judge(prompts, mask, tokens, y_mask, y_ref.tokens, y_ref.mask))
         out = {}
         if exact is not None:
             whole = ctx.whole(params)

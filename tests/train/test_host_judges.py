@@ -1,0 +1,58 @@
+"""The online step split around a host judge (``nlhf_jax.train.split``) is the fused step: the
+same pair sampled with the same keys, the same update from the host's answers."""
+
+import jax
+import numpy as np
+import pytest
+
+from nlhf_jax.train import methods
+from nlhf_jax.train.defaults import base_config
+from nlhf_jax.train.online import trainer as online_trainer
+
+
+class _OnTheHost:
+    """A jittable judge made a host one: called with NumPy arrays, answering NumPy arrays."""
+
+    jittable = False
+
+    def __init__(self, judge):
+        self.judge = judge
+        self._p = jax.jit(lambda judge, *arrays: judge(*arrays))
+        self._r = jax.jit(lambda judge, *arrays: judge.reward(*arrays))
+
+    def __call__(self, *arrays):
+        return np.asarray(self._p(self.judge, *arrays), np.float64)
+
+    def reward(self, *arrays):
+        return np.asarray(self._r(self.judge, *arrays))
+
+
+def _config(sft_run, judge):
+    # test_online.py's RLHF config, so a session compiles its fused step once.
+    config = base_config("rlhf")
+    config.init_from, config.judge = sft_run, judge
+    config.batch_size, config.num_steps = 8, 10
+    config.optimizer.learning_rate, config.optimizer.warmup_steps = 1e-2, 0
+    config.mesh.num_devices, config.micro_batch_size = 1, 0
+    return config
+
+
+def test_split_step_is_the_fused_step(sft_run, judge_runs, tmp_path, monkeypatch):
+    """RLHF against a reward-model run, once fused and once with the judge (preference and
+    reward) answered on the host: the rollout draws the fused step's pair (same key) and the
+    update gives the same parameters, to float32 rounding of the judge's separate program."""
+    config = _config(sft_run, judge_runs["reward_model"])
+    load = online_trainer.load_judge
+    out = {}
+    for where in ("fused", "host"):
+        if where == "host":
+            monkeypatch.setattr(online_trainer, "load_judge", lambda *a: _OnTheHost(load(*a)))
+        trainer = methods.build(config, str(tmp_path / where))
+        state, metrics = trainer.step(trainer.init_state(), next(trainer.data))
+        out[where] = jax.device_get((state.params, metrics))
+    (fused, m_fused), (host, m_host) = out["fused"], out["host"]
+    assert "time/judge_s" in m_host and "time/judge_s" not in m_fused
+    for key in m_fused:  # a different pair would move these by O(0.1)
+        assert m_host[key] == pytest.approx(m_fused[key], rel=1e-5, abs=1e-6), key
+    for a, b in zip(jax.tree.leaves(host), jax.tree.leaves(fused), strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
