@@ -90,13 +90,21 @@ def runs(qwen3_dir, tmp_path_factory):
             f"--config.data.prompts_file={prompts}",
         ],
     }
+    # One compilation cache for the three runs: the same backend (one CPU device, the same
+    # flags) builds the same models, whose initializers and samplers compile the same programs.
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "",
+        "JAX_COMPILATION_CACHE_DIR": str(root / "jax_cache"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.1",
+    }
     for stage, args in stages.items():
         steps = 1 if stage == "nash_md" else 2
         out = subprocess.run(
             [sys.executable, "-m", "nlhf_jax.train", "--config", f"configs/text.py:{stage}",
              "--workdir", str(root / stage), f"--config.num_steps={steps}", *common, *args],
-            capture_output=True, text=True, cwd=REPO,
-            env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""},
+            capture_output=True, text=True, cwd=REPO, env=env,
         )  # fmt: skip
         assert out.returncode == 0, f"{stage}: {out.stderr[-3000:]}"
     return root
