@@ -100,7 +100,9 @@ class ChatEncoder:
       options: the template variables.
     """
 
-    def __init__(self, tokenizer, *, chat_template: bool = False, options: ChatOptions = None):
+    def __init__(
+        self, tokenizer, *, chat_template: bool = False, options: ChatOptions | None = None
+    ):
         self.tokenizer = tokenizer
         self.chat_template = chat_template
         self.options = options or ChatOptions()
