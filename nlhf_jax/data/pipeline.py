@@ -4,7 +4,9 @@ Batches are dicts of numpy arrays with fixed shapes (so a jitted step compiles o
   pairs:   prompt [b, P] int32, prompt_mask [b, P] bool, response_a [b, R] int32,
            response_a_mask [b, R] bool, response_b [b, R] int32, response_b_mask [b, R] bool,
            label [b] float32 (P(a > b))
-  sft:     prompt, prompt_mask, response [b, R] int32, response_mask [b, R] bool
+  sft:     prompt, prompt_mask, response [b, R] int32, response_mask [b, R] bool, and, when
+           the records mark untrained tokens (`response_train`, SFT on every assistant turn),
+           response_loss_mask [b, R] bool: the tokens the loss counts
   prompts: prompt, prompt_mask
 Prompts are LEFT-padded (every prompt ends at column P-1, where generation continues) and
 truncated from the left (the end of a prompt is what the response answers); responses are
@@ -12,8 +14,10 @@ RIGHT-padded and truncated from the right. `b` is this process's share of the ba
 global batch size over the number of processes (every process walks the same shuffled global
 stream and reads only its own rows of each batch).
 
-A text field (str or bytes, as tfds data sources return it) is tokenized with the given
-tokenizer; an integer sequence is taken as token ids. The iterator's `get_state()` is
+An integer sequence is taken as token ids (the tokenized datasets training builds,
+`nlhf_jax.data.tokenized`). A text field (str or bytes, as tfds data sources return it) is
+tokenized here, record by record: a prompt as `nlhf_jax.data.chat` renders it (through the chat
+template with `chat_template`), a response as raw text. The iterator's `get_state()` is
 JSON-serialisable and `set_state()` resumes at exactly the next batch, epochs included.
 """
 
@@ -26,6 +30,8 @@ from typing import Any, Literal
 
 import grain
 import numpy as np
+
+from nlhf_jax.data.chat import ChatEncoder, ChatOptions
 
 _log = logging.getLogger(__name__)
 
@@ -52,8 +58,9 @@ class BatchOptions:
       drop_remainder: drop a last, smaller batch of each run so every batch has b rows.
       pad_id: the padding id (default: the tokenizer's pad id, else 0); masks mark real tokens.
       eos_id: the EOS id for `append_eos` (default: the tokenizer's).
-      chat_template: wrap each text prompt in the tokenizer's chat template as one user turn,
-        with the assistant's generation prompt after it (`apply_chat_template`).
+      chat_template: render each text prompt through the tokenizer's chat template (one user
+        turn, or an HH transcript's turns), with the generation prompt (`nlhf_jax.data.chat`).
+      chat: the template's variables (a fixed date, Qwen3's thinking switch).
       num_threads: grain prefetch threads; the batches do not depend on it.
       prefetch_buffer_size: elements grain prepares ahead.
     """
@@ -70,6 +77,7 @@ class BatchOptions:
     pad_id: int | None = None
     eos_id: int | None = None
     chat_template: bool = False
+    chat: ChatOptions = dataclasses.field(default_factory=ChatOptions)
     num_threads: int = 2
     prefetch_buffer_size: int = 64
 
@@ -80,19 +88,23 @@ class _Encode:
     def __init__(self, kind: str, options: BatchOptions, tokenizer, pad_id: int, eos_id: int):
         self.kind, self.options, self.tokenizer = kind, options, tokenizer
         self.pad_id, self.eos_id = pad_id, eos_id
+        self.chat = ChatEncoder(
+            tokenizer, chat_template=options.chat_template, options=options.chat
+        )
 
     def _ids(self, record: Mapping[str, Any], field: str, where: str) -> np.ndarray:
         if field not in record:
             raise ValueError(f"{where}:{field}: missing field (record has {sorted(record)})")
         value = record[field]
-        if isinstance(value, (bytes, str)):
+        is_messages = isinstance(value, list) and value and isinstance(value[0], Mapping)
+        if isinstance(value, (bytes, str)) or is_messages:
             if self.tokenizer is None:
                 raise ValueError(f"{where}:{field}: text record, but no tokenizer was given")
             text = value.decode("utf-8") if isinstance(value, bytes) else value
-            if field == "prompt" and self.options.chat_template:
-                text = self.tokenizer.apply_chat_template(
-                    [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
-                )
+            if field == "prompt":
+                return self.chat.prompt_ids(text)
+            if is_messages:
+                raise ValueError(f"{where}:{field}: messages; build a tokenized dataset")
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             return np.asarray(ids, dtype=np.int32)
         return np.asarray(value, dtype=np.int32).reshape(-1)
@@ -130,6 +142,14 @@ class _Encode:
             out[field], out[f"{field}_mask"] = _pad_right(
                 response, opts.max_response_len, self.pad_id
             )
+            if f"{field}_train" in record and self.kind == "sft":
+                # The tokens the loss counts; an appended EOS is trained, padding is not.
+                train = np.asarray(record[f"{field}_train"], bool).reshape(-1)
+                if opts.append_eos:
+                    train = np.append(train, True)
+                out[f"{field}_loss_mask"] = np.zeros(opts.max_response_len, bool)
+                train = train[: opts.max_response_len]
+                out[f"{field}_loss_mask"][: train.size] = train
         out[_FLAG_RESPONSES] = np.int32(truncated)
         if self.kind == "pairs":
             label = float(np.asarray(record["label"]))

@@ -25,6 +25,7 @@ import numpy as np
 
 from nlhf_jax import judges
 from nlhf_jax.checkpoint import load_policy, policy_identity, run_tokenizer
+from nlhf_jax.data import ChatOptions
 from nlhf_jax.errors import UserError
 from nlhf_jax.evaluate import report
 from nlhf_jax.evaluate.sampled import sample_policy, sampled_kl, sampled_win_rates
@@ -111,6 +112,7 @@ def evaluate_on_prompts(
         tokenizer,
         max_prompt_len=max_prompt_len,
         chat_template=bool(policies[0].identity.get("chat_template", False)),
+        chat=ChatOptions(**policies[0].identity.get("chat", {})),
     )
     settings = SamplingConfig(
         max_new_tokens=max_new_tokens,

@@ -12,6 +12,7 @@ iterator resumes exactly with the run:
 """
 
 from nlhf_jax.sources.common import (
+    chat_options,
     data_dir,
     eval_options,
     kind,
@@ -36,6 +37,7 @@ __all__ = [
     "DemoSource",
     "PairSource",
     "PromptSource",
+    "chat_options",
     "data_dir",
     "demonstrations",
     "encode_prompt_file",

@@ -95,20 +95,65 @@ def tokenizer(config: ml_collections.ConfigDict, vocab_size: int | None = None):
     return tok
 
 
+def chat_options(config: ml_collections.ConfigDict) -> data.ChatOptions:
+    """The chat template's variables ``config.data`` sets (``nlhf_jax.data.chat``)."""
+    d = config.data
+    return data.ChatOptions(date_string=d.date_string, enable_thinking=bool(d.enable_thinking))
+
+
 def text_batch_options(config: ml_collections.ConfigDict, **changes) -> data.BatchOptions:
-    """The batch options of text demonstrations and pairs: lengths from ``config.data``, EOS
-    appended to every response (so a policy learns to stop and a judge sees where a response
-    ends), the chat template if asked; ``changes`` override (e.g. for evaluation)."""
+    """The batch options of text demonstrations and pairs built by ``build_files``: lengths from
+    ``config.data`` (every response already ends with EOS, so a policy learns to stop and a judge
+    sees where a response ends), the chat template's settings for text prompts; ``changes``
+    override (e.g. for evaluation)."""
     d = config.data
     options = data.BatchOptions(
         config.batch_size,
         d.max_prompt_len,
         d.max_response_len,
         seed=config.seed,
-        append_eos=True,
         chat_template=d.chat_template,
+        chat=chat_options(config),
     )
     return dataclasses.replace(options, **changes)
+
+
+def layout(config: ml_collections.ConfigDict, known: tuple[str, ...]) -> str | None:
+    """``config.data.layout`` if it names one of ``known``; empty: detected from the rows."""
+    name = config.data.layout
+    if name and name not in known:
+        raise UserError(
+            f"config.data.layout={name!r}: choose one of {', '.join(known)}, or leave it empty to "
+            "detect it from the fields"
+        )
+    return name or None
+
+
+def build_files(
+    kind: str, files: dict, config: ml_collections.ConfigDict, workdir: str, tokenizer, known
+) -> data.BuiltDataset:
+    """The tokenized dataset of a run's files (``data.build_tokenized``), with the template,
+    layout, SFT turns and bad-row policy of ``config.data``."""
+    d = config.data
+    if kind == "demos" and d.sft_turns not in ("last", "all"):
+        raise UserError(f"config.data.sft_turns={d.sft_turns!r}: choose 'last' or 'all'")
+    return data.build_tokenized(
+        kind,
+        files,
+        data_dir(config, workdir),
+        tokenizer,
+        chat_template=d.chat_template,
+        chat=chat_options(config),
+        layout=layout(config, known),
+        turns=d.sft_turns,
+        on_error=d.on_error,
+    )
+
+
+def templated(config: ml_collections.ConfigDict, built: data.BuiltDataset) -> bool:
+    """Whether a run's prompts go through the chat template: asked for, or because its data
+    was conversational (what sampling and evaluation of the run must do again)."""
+    return bool(config.data.chat_template) or built.templated_rows.get("train", 0) > 0
 
 
 def check_rows(path: str, built: data.BuiltDataset, batch_size: int, what: str) -> None:

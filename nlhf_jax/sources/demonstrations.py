@@ -1,5 +1,6 @@
-"""Demonstrations for SFT: the synthetic task's behaviour policy, or a file of
-``prompt``/``response`` rows, as resumable batches (and, for a file, held-out batches)."""
+"""Demonstrations for SFT: the synthetic task's behaviour policy, or a file of demonstrations
+(``prompt``/``response``, ``prompt``/``completion`` or ``messages`` conversations), as
+resumable batches (and, for a file, held-out batches)."""
 
 from __future__ import annotations
 
@@ -50,13 +51,12 @@ def demonstrations(config: ml_collections.ConfigDict, workdir: str, tokenizer=No
     d = config.data
     if not d.train_file:
         raise UserError(
-            "config.data.train_file is empty: name the demonstrations file (JSONL or Parquet "
-            "with 'prompt' and 'response' fields)"
+            "config.data.train_file is empty: name the demonstrations file (JSONL, Parquet or a "
+            "Hugging Face dataset directory; 'prompt' and 'response' or 'completion' fields, or "
+            "'messages')"
         )
     files = {"train": d.train_file, **({"validation": d.eval_file} if d.eval_file else {})}
-    built = data.build_demonstrations(
-        files, directory, name=data.files_dataset_name(files), on_error=d.on_error
-    )
+    built = common.build_files("demos", files, config, workdir, tokenizer, data.DEMO_LAYOUTS)
     if built.num_examples.get("train", 0) == 0:
         raise UserError(f"{d.train_file}: no demonstrations")
     common.check_rows(d.train_file, built, config.batch_size, "demonstrations")
@@ -80,6 +80,8 @@ def demonstrations(config: ml_collections.ConfigDict, workdir: str, tokenizer=No
             "data": {"train_file": os.path.abspath(d.train_file), "skipped_rows": built.skipped},
             "eos_id": tokenizer.eos_token_id,
             "pad_id": tokenizer.pad_token_id,
-            "chat_template": d.chat_template,
+            "chat_template": common.templated(config, built),
+            "chat": dataclasses.asdict(options.chat),
+            "sft_turns": d.sft_turns,
         },
     )

@@ -138,7 +138,10 @@ def _synthetic_pairs(config, workdir, extra_pairs) -> PairSource:
 def _file_pairs(config, workdir, vocab_size) -> PairSource:
     d = config.data
     if not d.train_file:
-        raise UserError("config.data.train_file is empty: name the JSONL or Parquet file of pairs")
+        raise UserError(
+            "config.data.train_file is empty: name the file of pairs (JSONL, Parquet or a "
+            "Hugging Face dataset directory)"
+        )
     eval_files = [f.strip() for f in d.eval_file.split(",") if f.strip()]
     if len(eval_files) == 1:
         eval_names = {"validation": "eval"}  # one set: metrics "eval/accuracy", ...
@@ -148,13 +151,7 @@ def _file_pairs(config, workdir, vocab_size) -> PairSource:
     files = {"train": d.train_file, **dict(zip(eval_names, eval_files, strict=True))}
     vocab_size = vocab_size or config.model.get("vocab_size") or None
     tokenizer = common.tokenizer(config, vocab_size=vocab_size)
-    built = data.build_pairs(
-        files,
-        common.data_dir(config, workdir),
-        name=data.files_dataset_name(files),
-        layout=d.layout or None,
-        on_error=d.on_error,
-    )
+    built = common.build_files("pairs", files, config, workdir, tokenizer, data.PAIR_LAYOUTS)
     common.check_rows(d.train_file, built, config.batch_size, "pairs")
     vocab_size = vocab_size or len(tokenizer)
     options = common.text_batch_options(config)
@@ -180,5 +177,11 @@ def _file_pairs(config, workdir, vocab_size) -> PairSource:
         vocab_size=vocab_size,
         sep_id=sep,
         eval_sets=eval_sets,
-        description={"source": "file", **files, "skipped_rows": built.skipped},
+        description={
+            "source": "file",
+            **files,
+            "skipped_rows": built.skipped,
+            "chat_template": common.templated(config, built),
+            "chat": dataclasses.asdict(options.chat),
+        },
     )

@@ -7,9 +7,11 @@ evaluation prompts, and says how long responses are. Two kinds:
 
 - ``synthetic_source(task, ...)``: the built-in synthetic task. It also carries the task, whose
   responses can be enumerated, so its runs get exact game metrics.
-- ``text_source(...)``: a JSONL/Parquet prompts file (field ``prompt``) or a tfds prompt set,
-  tokenized with a Hugging Face tokenizer (optionally through its chat template). Over-long
-  prompts are truncated from the left and counted; an empty file is an error.
+- ``text_source(...)``: a prompts file (JSONL, Parquet or a Hugging Face dataset directory; a
+  ``prompt`` field, a string or messages, or the prompts of a file of pairs or demonstrations
+  in any layout) or a tfds prompt set, tokenized with a Hugging Face tokenizer (through its chat
+  template, with the generation prompt, when asked or when the prompts are conversations).
+  Over-long prompts are truncated from the left and counted; an empty file is an error.
 
 Everything else (sampled win rates under a judge, texts in the logs) works on either.
 """
@@ -112,12 +114,13 @@ def synthetic_source(task: SyntheticTask, data_dir: str, eval_copies: int = 16) 
 
 
 def read_prompt_texts(
-    path: str, *, on_error: str = "raise", limit: int | None = None
+    path: str, *, on_error: str = "raise", limit: int | None = None, layout: str | None = None
 ) -> list[dict]:
-    """The ``{prompt, source}`` records of a JSONL/Parquet prompts file (the first ``limit``);
-    an empty file (or one whose every row was skipped) is an error naming it."""
+    """The ``{prompt, source}`` records of a prompts file (the first ``limit``; ``layout``:
+    one of ``data.PROMPT_LAYOUTS``, default detected); an empty file (or one whose every row
+    was skipped) is an error naming it."""
     skipped = data.SkippedRows()
-    rows = data.readers.read_prompts(path, on_error=on_error, skipped=skipped)
+    rows = data.readers.read_prompts(path, layout=layout, on_error=on_error, skipped=skipped)
     records = list(itertools.islice(rows, limit))
     if not records:
         why = f" ({skipped.count} malformed rows skipped)" if skipped.count else ""
@@ -126,14 +129,23 @@ def read_prompt_texts(
 
 
 def encode_prompt_file(
-    path: str, tokenizer, *, max_prompt_len: int = 256, chat_template: bool = False
+    path: str,
+    tokenizer,
+    *,
+    max_prompt_len: int = 256,
+    chat_template: bool = False,
+    chat: data.ChatOptions | None = None,
 ) -> tuple[list[dict], np.ndarray, np.ndarray, int]:
     """A prompts file as a run would see it: its records, left-padded ``prompt [n, P]`` and
     ``prompt_mask``, and how many prompts lost their beginning (what sampling and evaluation of
-    a trained run read; ``chat_template`` is the run's setting)."""
+    a trained run read; ``chat_template`` and ``chat`` are the run's settings)."""
     records = read_prompt_texts(path)
     options = data.BatchOptions(
-        1, max_prompt_len, chat_template=chat_template, pad_id=tokenizer.pad_token_id
+        1,
+        max_prompt_len,
+        chat_template=chat_template,
+        chat=chat or data.ChatOptions(),
+        pad_id=tokenizer.pad_token_id,
     )
     tokens, mask, truncated = data.encode_prompts(records, options, tokenizer=tokenizer)
     return records, tokens, mask, truncated
@@ -163,6 +175,8 @@ def text_source(
     max_prompt_len: int = 256,
     max_new_tokens: int = 128,
     chat_template: bool = False,
+    chat: data.ChatOptions | None = None,
+    layout: str | None = None,
     data_dir: str,
     on_error: str = "raise",
 ) -> PromptSource:
@@ -170,15 +184,18 @@ def text_source(
 
     Args:
       tokenizer: a Hugging Face tokenizer with EOS and pad tokens.
-      prompts_file: JSONL/Parquet with a ``prompt`` field (exactly one of this and
-        ``prompts_tfds``).
+      prompts_file: a file or Hugging Face dataset directory of prompts, or of pairs or
+        demonstrations (their prompts; exactly one of this and ``prompts_tfds``).
       prompts_tfds: a tfds dataset directory or ``name[:split]`` with a text ``prompt`` feature.
       eval_prompts_file: prompts for evaluation; default the first ``num_eval_prompts`` of the
         training prompts (the file's, in order).
       num_eval_prompts: how many evaluation prompts when no file is given.
       max_prompt_len: P; longer prompts lose their beginning (counted, logged).
       max_new_tokens: length of sampled responses.
-      chat_template: wrap prompts in the tokenizer's chat template (one user turn).
+      chat_template: render string prompts through the tokenizer's chat template (one user
+        turn, or an HH transcript's turns); conversational prompts always are.
+      chat: the template's variables (``data.ChatOptions``).
+      layout: the prompts file's layout (``data.PROMPT_LAYOUTS``); None: detected.
       data_dir: where the tfds dataset of a prompts file is written.
       on_error: "raise" or "skip" (drop and count) malformed rows.
     """
@@ -189,19 +206,28 @@ def text_source(
         )
     if chat_template and not getattr(tokenizer, "chat_template", None):
         raise UserError("config.data.chat_template=True, but the tokenizer has no chat template")
+    chat = chat or data.ChatOptions()
     options = data.BatchOptions(
-        1, max_prompt_len, chat_template=chat_template, pad_id=tokenizer.pad_token_id
+        1, max_prompt_len, chat_template=chat_template, chat=chat, pad_id=tokenizer.pad_token_id
     )
     if prompts_file:
         # The first rows: evaluation prompts, and an early error for an empty file.
-        first = read_prompt_texts(prompts_file, on_error=on_error, limit=num_eval_prompts)
+        first = read_prompt_texts(
+            prompts_file, on_error=on_error, limit=num_eval_prompts, layout=layout
+        )
         description = {"prompts_file": os.path.abspath(prompts_file)}
 
         def records():  # built when training asks for batches (SFT only reads the first rows)
-            files = {"train": prompts_file}
-            name = data.files_dataset_name(files)
-            built = data.build_prompts(files, data_dir, name=name, on_error=on_error)
-            return built
+            return data.build_tokenized(
+                "prompts",
+                {"train": prompts_file},
+                data_dir,
+                tokenizer,
+                chat_template=chat_template,
+                chat=chat,
+                layout=layout,
+                on_error=on_error,
+            )
     else:
         tfds_source = _tfds_prompt_source(prompts_tfds, data_dir)
         if len(tfds_source) == 0:
@@ -210,7 +236,7 @@ def text_source(
         description = {"prompts_tfds": prompts_tfds}
         records = None
     if eval_prompts_file:
-        eval_records = read_prompt_texts(eval_prompts_file, on_error=on_error)
+        eval_records = read_prompt_texts(eval_prompts_file, on_error=on_error, layout=layout)
     else:
         eval_records = first[:num_eval_prompts]
     eval_tokens, eval_mask, _ = data.encode_prompts(eval_records, options, tokenizer=tokenizer)
@@ -254,7 +280,12 @@ def text_source(
             },
             "eos_id": tokenizer.eos_token_id,
             "pad_id": tokenizer.pad_token_id,
-            "chat_template": chat_template,
+            # Conversational prompts went through the template whatever the flag said, and
+            # sampling or evaluating this run must render its prompts the same way.
+            "chat_template": bool(
+                chat_template or any(isinstance(r["prompt"], list) for r in first)
+            ),
+            "chat": dataclasses.asdict(chat),
         },
         tokenizer=tokenizer,
     )
@@ -290,6 +321,8 @@ def prompts(
         max_prompt_len=d.max_prompt_len,
         max_new_tokens=s.max_new_tokens or d.max_response_len,
         chat_template=d.chat_template,
+        chat=common.chat_options(config),
+        layout=common.layout(config, data.PROMPT_LAYOUTS),
         data_dir=directory,
         on_error=d.on_error,
     )

@@ -108,14 +108,25 @@ def common_config() -> ml_collections.ConfigDict:
             labels="sampled",  # synthetic: a Bernoulli draw from the oracle, or "probability"
             eval_pairs=2_000,
             eval_batch_size=500,
-            train_file="",  # pairs (preference/reward model) or demonstrations (sft)
+            # Data paths: JSONL, Parquet, or a `datasets` save_to_disk directory (docs/
+            # judges_and_data.md). Pairs (preference/reward model) or demonstrations (sft).
+            train_file="",
             eval_file="",  # held-out pairs or demonstrations; pairs: several, comma-separated
-            prompts_file="",  # the online methods' prompts: JSONL/Parquet with a `prompt` field
+            prompts_file="",  # the online methods' prompts (or a file of pairs: their prompts)
             prompts_tfds="",  # ... or a tfds prompt set: a prepared directory or name[:split]
             eval_prompts_file="",  # evaluation prompts (default: the first num_eval_prompts)
             num_eval_prompts=16,
-            chat_template=False,  # wrap prompts in the tokenizer's chat template
-            layout="",  # chosen_rejected | pairwise | tldr; empty: detected from the fields
+            # Render string rows through the tokenizer's chat template (conversational rows,
+            # lists of messages, always are); the template's variables: the date a Llama 3
+            # template prints (fixed, so tokens do not change by the day) and Qwen3's thinking.
+            chat_template=False,
+            date_string="26 Jul 2024",
+            enable_thinking=False,
+            # pairs: chosen_rejected | implicit_prompt | hh | pairwise | tldr; demonstrations:
+            # prompt_response | prompt_completion | messages; prompts: prompt or any of those.
+            # Empty: detected from the fields of the first row.
+            layout="",
+            sft_turns="last",  # messages: train the "last" assistant turn or "all" of them
             on_error="raise",  # or "skip": skip malformed rows and count them
             tokenizer="",  # a local tokenizer directory (default: the checkpoint's / init_from's)
             max_prompt_len=256,

@@ -2,8 +2,9 @@
 (``nlhf_jax.train.online``).
 
 On the synthetic task it trains on generated demonstrations and is evaluated exactly. On text it
-trains on a demonstrations file (JSONL/Parquet, ``prompt``/``response``) tokenized with the run's
-tokenizer (EOS appended to every response, so the policy learns to stop), from a Hugging Face
+trains on a demonstrations file (``prompt``/``response``, ``prompt``/``completion`` or
+``messages``; ``nlhf_jax.data``) tokenized with the run's tokenizer (every response ends with
+EOS, so the policy learns to stop), from a Hugging Face
 checkpoint (``config.model.hf_checkpoint``) or a fresh preset model; it is evaluated by the
 per-token NLL on ``config.data.eval_file`` (when given) and a few sampled texts.
 """
@@ -31,6 +32,12 @@ from nlhf_jax.train.step import DEMONSTRATIONS, compile_step
 TEXTS_PER_EVAL = 4
 
 
+def _loss_mask(batch):
+    """The response tokens the loss counts: all of them, or (SFT on every assistant turn of a
+    conversation) the assistant's, the user's turns between them being context only."""
+    return batch.get("response_loss_mask", batch["response_mask"])
+
+
 def _sft_loss(graphdef, params, batch, rng):
     del rng
     lp = score_tokens(
@@ -38,12 +45,12 @@ def _sft_loss(graphdef, params, batch, rng):
         params,
         *(batch[k] for k in ("prompt", "prompt_mask", "response", "response_mask")),
     )
-    nll = losses.sft_loss(lp, batch["response_mask"])
+    nll = losses.sft_loss(lp, _loss_mask(batch))
     return nll, {"nll": nll}
 
 
 def _response_tokens(batch):
-    return jnp.sum(batch["response_mask"])
+    return jnp.sum(_loss_mask(batch))
 
 
 def build_sft(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
@@ -135,6 +142,8 @@ def _text_evaluator(config, workdir, graphdef, cfg, tokenizer, heldout, whole):
         max_prompt_len=d.max_prompt_len,
         max_new_tokens=config.sampling.max_new_tokens or d.max_response_len,
         chat_template=d.chat_template,
+        chat=sources.chat_options(config),
+        layout=d.layout or None,  # a demonstrations layout: the prompts of its rows
         data_dir=sources.data_dir(config, workdir),
         on_error=d.on_error,
     )
@@ -151,7 +160,8 @@ def _text_evaluator(config, workdir, graphdef, cfg, tokenizer, heldout, whole):
             params,
             *(batch[k] for k in ("prompt", "prompt_mask", "response", "response_mask")),
         )
-        return -jnp.sum(lp), jnp.sum(batch["response_mask"])
+        mask = _loss_mask(batch)
+        return -jnp.sum(jnp.where(mask, lp, 0.0)), jnp.sum(mask)
 
     def evaluate_fn(state) -> dict:
         out = {}
