@@ -4,7 +4,7 @@ weights, no download).
     python benchmarks/host_judge.py [--preset toy] [--batch 8] [--prompt 16] [--new 16] \
         [--repeats 5] [--out runs/benchmarks/host_judge.json]
 
-The online trainer's own step (``nlhf_jax.train.step.compile_online``), one device, the same
+The online trainer's own step (``nlhf_jax.train.online.compile_online``), one device, the same
 policy, reference and judge (a preference model of the policy's shape with a random head), three
 ways:
 
@@ -38,8 +38,8 @@ from nlhf_jax.models import PreferenceModel, Transformer, get_preset
 from nlhf_jax.sampling import SamplingConfig
 from nlhf_jax.train import online
 from nlhf_jax.train.defaults import base_config
+from nlhf_jax.train.online import compile_online
 from nlhf_jax.train.online.trainer import policy_context
-from nlhf_jax.train.step import compile_online
 
 
 class OnTheHost:

@@ -9,7 +9,8 @@ Random checkpoints of the shape are made with transformers (no download) into ``
 Every (stage, vocabulary) runs in a process of its own, so its peak RSS
 (``resource.getrusage``, the kernel's high-water mark, as ``/usr/bin/time -v`` reports it) is
 that stage's alone. Each builds the trainer's own sharded step (``nlhf_jax.train.step``) with
-the trainer's loss on random token batches of fixed shapes:
+the trainer's loss on random token batches of fixed shapes, the layers rematerialized in the
+backward pass (``--remat``, default full: ``config.model.remat``):
 
 - ``sft``: SFT's loss on ``batch x (prompt + response)`` tokens (default 8 x (256 + 256));
 - ``pm``: a preference model on the checkpoint's backbone, ``batch`` pairs of ``prompt`` +
@@ -127,13 +128,18 @@ def _one(args) -> dict:
     from nlhf_jax.models.preference import load_backbone, pair_loss
     from nlhf_jax.sampling import SamplingConfig
     from nlhf_jax.train import initial, memory, online, sft
+    from nlhf_jax.train.online import compile_online
     from nlhf_jax.train.online.trainer import policy_context
-    from nlhf_jax.train.step import DEMONSTRATIONS, PAIRS, compile_online, compile_step
+    from nlhf_jax.train.step import DEMONSTRATIONS, PAIRS, compile_step
 
     stage, vocab = args.one, args.vocab_one
     ckpt = make_checkpoint(args.shape, vocab, args.cache)
     b, p, r = args.batch, args.prompt, args.response
     model = hf.load_pretrained(ckpt)
+    if args.remat != model.config.remat:  # how the layers' activations are kept for backward
+        model = nnx.merge(
+            initial.graphdef_of(model.config.replace(remat=args.remat)), nnx.state(model)
+        )
     cfg = model.config
     n_params = sum(x.size for x in jax.tree.leaves(nnx.state(model)))
     ones = lambda shape: np.ones(shape, bool)
@@ -252,6 +258,7 @@ def _one(args) -> dict:
         "fraction_of_peak": flops / seconds / peak if flops else None,
         "finite": bool(np.isfinite(float(metrics["loss"]))),
         "lora_rank": args.lora_rank if stage == "nash_lora" else 0,
+        "remat": cfg.remat,
     }
 
 
@@ -266,6 +273,12 @@ def main(argv=None) -> None:
     parser.add_argument("--new", type=int, default=128)
     parser.add_argument("--lora-rank", type=int, default=16)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument(
+        "--remat",
+        choices=("none", "full", "dots"),
+        default="full",
+        help="config.model.remat: full keeps one activation per layer for the backward pass",
+    )
     parser.add_argument("--cache", default="runs/benchmarks/real_size_checkpoints")
     parser.add_argument("--out", default="runs/benchmarks/real_size.json")
     parser.add_argument("--one", choices=STAGES, help=argparse.SUPPRESS)

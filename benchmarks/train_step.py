@@ -51,8 +51,8 @@ from nlhf_jax.models.config import TransformerConfig
 from nlhf_jax.sampling import SamplingConfig, decode, prefill
 from nlhf_jax.train import initial, online
 from nlhf_jax.train.defaults import base_config
+from nlhf_jax.train.online import compile_online
 from nlhf_jax.train.online.trainer import policy_context
-from nlhf_jax.train.step import compile_online
 
 # (device_kind substring, dense bf16 FLOP/s, HBM bytes/s) of one chip, first match wins (so the
 # more specific names come first). NVIDIA datasheets (H100/H200 SXM, H100 PCIe, A100) and Google
@@ -220,7 +220,7 @@ def bench_decode(config, graphdef, state, ref_state, args, peak_bw):
 
 
 def bench_nash(config, graphdef, state, args, peak_flops):
-    """The online trainer's own sharded step (``nlhf_jax.train.step.compile_online``) for
+    """The online trainer's own sharded step (``nlhf_jax.train.online.compile_online``) for
     Nash-MD-PG, on one device."""
     run = base_config("nash_md")
     run.mesh.num_devices = 1

@@ -13,7 +13,7 @@ tied embeddings):
 
 1. step: one whole training step, median of --steps after --warmup untimed ones (jit
    compilation and torch's lazy set-up excluded). Ours: the online trainer's jitted step
-   (``nlhf_jax.train.step.compile_online``) as ``benchmarks/train_step.py``'s ``bench_nash``
+   (``nlhf_jax.train.online.compile_online``) as ``benchmarks/train_step.py``'s ``bench_nash``
    builds it (sample y ~ pi and y' ~ the beta-mixture, judge the pair, score y under the reference,
    AdamW update). TRL:
    ``on_step_begin`` to ``on_step_end`` of ``NashMDTrainer.train()`` (tokenize, generate y and

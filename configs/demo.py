@@ -5,7 +5,7 @@
         --config.demo.policy_steps=60 --config.demo.policies=nash_md,rlhf
 """
 
-from nlhf_jax.pipelines.demo import demo_config
+from nlhf_jax.pipelines.configs import demo_config
 
 
 def get_config():

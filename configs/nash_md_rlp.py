@@ -6,7 +6,7 @@ Stages and keys: nlhf_jax/pipelines/rlp.py.
     python -m nlhf_jax.train --config configs/nash_md_rlp.py --workdir runs/nash_md_rlp
 """
 
-from nlhf_jax.pipelines.rlp import rlp_config
+from nlhf_jax.pipelines.configs import rlp_config
 
 
 def get_config():

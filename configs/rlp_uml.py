@@ -5,7 +5,7 @@ RLHF again from SFT. Stages and keys: nlhf_jax/pipelines/rlp.py.
     python -m nlhf_jax.train --config configs/rlp_uml.py --workdir runs/rlp_uml
 """
 
-from nlhf_jax.pipelines.rlp import rlp_config
+from nlhf_jax.pipelines.configs import rlp_config
 
 
 def get_config():

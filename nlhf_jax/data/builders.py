@@ -17,6 +17,7 @@ that a later run would load (tested in tests/data/test_builders.py).
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import hashlib
 import json
@@ -139,11 +140,13 @@ class _FileRowsBuilder(QuietBuild, tfds.core.GeneratorBasedBuilder, skip_registr
         self._skipped: dict[str, readers.SkippedRows] = {}
         super().__init__(**kwargs)
 
+    @abc.abstractmethod
     def _features(self) -> tfds.features.FeaturesDict:
-        raise NotImplementedError
+        """The features of one example."""
 
+    @abc.abstractmethod
     def _read(self, path: str, skipped: readers.SkippedRows):
-        raise NotImplementedError
+        """The examples of the file ``path``, its refused rows counted in ``skipped``."""
 
     def _info(self) -> tfds.core.DatasetInfo:
         # DatasetInfo directly, not `dataset_info_from_configs`: the latter looks for metadata

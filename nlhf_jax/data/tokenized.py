@@ -3,7 +3,7 @@
 What training reads. Tokenizing inside the grain pipeline costs every epoch, one record at a
 time; here records are encoded in chunks (one batched fast-tokenizer call per chunk, which the
 tokenizers library spreads over the cores) while tfds writes the previous chunk, and the
-pipeline only pads and truncates. Measured by `benchmarks/tokenize.py`.
+pipeline only pads and truncates. Measured by `benchmarks/tokenize_files.py`.
 
 A dataset is named by a hash of its input files (paths, sizes, mtimes), the tokenizer (its
 vocabulary, merges, special tokens and chat template), the template settings and the layout:
@@ -19,6 +19,7 @@ Responses end with the EOS id (the template's end-of-turn token, or appended to 
 
 from __future__ import annotations
 
+import abc
 import concurrent.futures
 import hashlib
 import json
@@ -59,8 +60,9 @@ class _TokenizedFiles(builders._FileRowsBuilder, skip_registration=True):
         self._layout = layout
         super().__init__(**kwargs)
 
+    @abc.abstractmethod
     def _rows(self, path: str, skipped: readers.SkippedRows) -> Iterator[dict]:
-        raise NotImplementedError
+        """The rows of the file ``path`` in this builder's layout, refused rows counted."""
 
     def _generate_examples(self, split: str):
         # Counted per split and stored with the dataset: a run whose rows were conversations

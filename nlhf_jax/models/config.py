@@ -6,7 +6,36 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from nlhf_jax.models.lora import LoRAConfig
+# The projections a LoRA adapter (`nlhf_jax.models.lora`) may target.
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoRAConfig:
+    """Which projections get adapters, their rank and scale (``alpha / rank``).
+
+    Attributes:
+      rank: the adapters' rank r.
+      alpha: the scale numerator; the update is ``(alpha / rank) x A B``.
+      targets: names from ``TARGETS``.
+    """
+
+    rank: int = 8
+    alpha: float = 16.0
+    targets: tuple[str, ...] = TARGETS
+
+    def __post_init__(self):
+        object.__setattr__(self, "targets", tuple(self.targets))
+        if self.rank < 1:
+            raise ValueError(f"lora rank must be >= 1, got {self.rank}")
+        unknown = sorted(set(self.targets) - set(TARGETS))
+        if unknown or not self.targets:
+            raise ValueError(f"lora targets {unknown or '()'}: choose from {TARGETS}")
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
 
 # The logical axis names every parameter is annotated with. `nlhf_jax.parallel` maps them to mesh
 # axes; keep this list and its rules in sync.

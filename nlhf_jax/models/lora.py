@@ -18,7 +18,6 @@ and scanned with them.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import zlib
 
@@ -27,37 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from nlhf_jax.models.config import TARGETS, LoRAConfig
+
 Array = jax.Array
-
-# The projections an adapter may target, and which of them an attention or MLP block owns.
-TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-@dataclasses.dataclass(frozen=True)
-class LoRAConfig:
-    """Which projections get adapters, their rank and scale (``alpha / rank``).
-
-    Attributes:
-      rank: the adapters' rank r.
-      alpha: the scale numerator; the update is ``(alpha / rank) x A B``.
-      targets: names from ``TARGETS``.
-    """
-
-    rank: int = 8
-    alpha: float = 16.0
-    targets: tuple[str, ...] = TARGETS
-
-    def __post_init__(self):
-        object.__setattr__(self, "targets", tuple(self.targets))
-        if self.rank < 1:
-            raise ValueError(f"lora rank must be >= 1, got {self.rank}")
-        unknown = sorted(set(self.targets) - set(TARGETS))
-        if unknown or not self.targets:
-            raise ValueError(f"lora targets {unknown or '()'}: choose from {TARGETS}")
-
-    @property
-    def scale(self) -> float:
-        return self.alpha / self.rank
 
 
 class LoRAParam(nnx.Param):
@@ -159,10 +130,8 @@ def attach(model: nnx.Module, lora: LoRAConfig, seed: int) -> nnx.Module:
     """``model`` (a ``Transformer`` without adapters) with fresh adapters on ``lora.targets``:
     its weights unchanged and shared, every adapter's ``A`` drawn from ``seed`` and ``B`` zero,
     so the result computes exactly what ``model`` does. Only the adapters are allocated."""
-    from nlhf_jax.models.transformer import Transformer
-
     cfg = model.config.replace(lora=lora)
-    abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(seed)))
+    abstract = nnx.eval_shape(lambda: type(model)(cfg, rngs=nnx.Rngs(seed)))
     graphdef, adapters, _ = split(abstract)
     base = nnx.state(model)
     key = jax.random.key(seed)

@@ -35,46 +35,11 @@ from nlhf_jax.evaluate.exact import (
 )
 from nlhf_jax.evaluate.runs import load_policies
 from nlhf_jax.evaluate.sampled import sample_policy
+from nlhf_jax.pipelines.configs import rlp_config, rlp_section  # noqa: F401
 from nlhf_jax.pipelines.stages import run_stage, stage_config
 from nlhf_jax.sampling import SamplingConfig
 from nlhf_jax.tasks.synthetic import EOS, PAD
-from nlhf_jax.train.defaults import refresh_config
 from nlhf_jax.train.refresh import SAMPLE_FEATURES
-
-
-def rlp_section() -> ml_collections.ConfigDict:
-    """``config.rlp`` of the pipeline: the refresh of the judge (``refresh_config``) and the
-    pipeline's own keys. It trains ``policy_method`` from SFT, draws ``num_samples`` per prompt
-    for ``num_prompts`` prompts, groups them by ``equivalence`` ("task": the synthetic task's
-    (quality, style); "exact": same tokens; or "module:function"), keeps prompts whose largest
-    group has a share >= gamma, and trains again from SFT. ``sft``, ``judge`` and ``stage1``
-    name existing runs to reuse (empty: trained in WORKDIR)."""
-    c = refresh_config()
-    c.update(
-        dict(
-            policy_method="rlhf",
-            sft="",
-            judge="",
-            stage1="",
-            num_prompts=2000,
-            num_samples=10,
-            equivalence="task",
-        )
-    )
-    return c
-
-
-def rlp_config(mode: str, policy_method: str) -> ml_collections.ConfigDict:
-    """The pipeline's config: ``mode`` in MODES, ``policy_method`` "rlhf" or "nash_md"; the
-    stages' steps and learning rate are the demo's (``config.demo``)."""
-    from nlhf_jax.pipelines.demo import demo_config
-
-    c = demo_config()
-    c.pipeline = "rlp"
-    c.rlp.mode = mode
-    c.rlp.policy_method = policy_method
-    return c
-
 
 # --- the policy-sample set -----------------------------------------------------------------
 

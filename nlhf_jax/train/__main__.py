@@ -39,7 +39,7 @@ from nlhf_jax import parallel, sources
 from nlhf_jax.console import quiet_libraries
 from nlhf_jax.errors import UserError, exit_on_user_error
 from nlhf_jax.pipelines import PIPELINES
-from nlhf_jax.pipelines.demo import demo_config
+from nlhf_jax.pipelines.configs import demo_config
 from nlhf_jax.train import loop, methods, settings
 from nlhf_jax.train.guard import DivergenceGuard
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from nlhf_jax import parallel
 from nlhf_jax.judges.host import check_probabilities
+from nlhf_jax.train import initial
 from nlhf_jax.train.step import (
     JUDGED_PAIR,
     PROMPTS,
@@ -74,8 +75,6 @@ def _name(judge) -> str:
 def compile_split(config: ml_collections.ConfigDict, method, ctx, params=None) -> Compiled:
     """The online ``method``'s step around the host judge ``ctx.judge`` (module docstring), on
     ``config.mesh``, training ``params`` (default: from the reference; LoRA: the adapters)."""
-    from nlhf_jax.train import initial
-
     judge = ctx.judge
     host_model = getattr(judge, "host_model", None)
 

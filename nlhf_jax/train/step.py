@@ -37,7 +37,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from nlhf_jax import losses, parallel
 from nlhf_jax.errors import UserError
 from nlhf_jax.logprobs import score_tokens
-from nlhf_jax.train import memory
+from nlhf_jax.train import initial, memory
 
 # What each trainer's batch holds, and its chex check (re-exported: the trainers import them here).
 from nlhf_jax.train.batches import (  # noqa: F401
@@ -369,17 +369,12 @@ def online_parts(method, ctx) -> tuple[Prepare, LossFn, After | None]:
     return prepare, loss_fn, after
 
 
-def compile_online(config: ml_collections.ConfigDict, method, ctx, params=None) -> Compiled:
+def compile_fused(config: ml_collections.ConfigDict, method, ctx, params=None) -> Compiled:
     """The online ``method``'s sharded step and state on ``config.mesh`` (``compile_step``),
-    training ``params`` (default: from the reference; LoRA: the fresh adapters): one fused
-    step with a jittable judge, split around a host judge (``nlhf_jax.train.split``)."""
-    from nlhf_jax.train import initial
-
-    if not getattr(ctx.judge, "jittable", True):
-        from nlhf_jax.train.split import compile_split
-
-        return compile_split(config, method, ctx, params)
-
+    training ``params`` (default: from the reference; LoRA: the fresh adapters): sampling,
+    judging, scoring and the update fused in one jitted step, for a jittable judge. A host judge
+    gets ``nlhf_jax.train.split.compile_split``; ``nlhf_jax.train.online.compile_online``
+    chooses."""
     prepare, loss_fn, after = online_parts(method, ctx)
     assemble = None if ctx.base is None else (lambda p, frozen: ctx.bind(frozen).whole(p))
     return compile_step(

@@ -10,7 +10,6 @@ from jax.sharding import PartitionSpec as P
 from nlhf_jax import parallel
 from nlhf_jax.errors import UserError
 from nlhf_jax.train import memory, methods
-from nlhf_jax.train import step as train_step
 from nlhf_jax.train.defaults import base_config
 
 LR = 1e-2
@@ -130,7 +129,7 @@ def test_frozen_models_are_sharded_step_arguments(sft_run, judge_runs):
     method = online.get("nash_md")
     hp = method.hyperparameters(config)
     ctx = policy_context(config, sft.config, sft.graphdef, sft.params, SamplingConfig(4), hp, judge)
-    compiled = train_step.compile_online(config, method, ctx)
+    compiled = online.compile_online(config, method, ctx)
     _assert_sharded(compiled.frozen["reference"])
     _assert_sharded(compiled.frozen["judge"].state)
     q_proj = compiled.frozen["judge"].state["backbone"]["layers"]["attn"]["q_proj"]

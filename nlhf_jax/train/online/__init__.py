@@ -29,6 +29,15 @@ below, and a config file (``configs/<method>.py``). Prompts come from ``nlhf_jax
 
 from nlhf_jax.train.online import inpo, ipo, nash_ema, nash_md, nash_mp, rlhf  # noqa: F401
 from nlhf_jax.train.online.base import METHODS, Context, Method, get, register
-from nlhf_jax.train.online.trainer import build_online, check_judge_metrics
+from nlhf_jax.train.online.trainer import build_online, check_judge_metrics, compile_online
 
-__all__ = ["METHODS", "Context", "Method", "build_online", "check_judge_metrics", "get", "register"]
+__all__ = [
+    "METHODS",
+    "Context",
+    "Method",
+    "build_online",
+    "check_judge_metrics",
+    "compile_online",
+    "get",
+    "register",
+]

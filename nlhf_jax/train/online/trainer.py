@@ -26,9 +26,20 @@ from nlhf_jax.sources import PromptSource
 from nlhf_jax.train import initial
 from nlhf_jax.train.loop import Trainer
 from nlhf_jax.train.online.base import Context, Method, get
-from nlhf_jax.train.step import compile_online
+from nlhf_jax.train.split import compile_split
+from nlhf_jax.train.step import Compiled, compile_fused
 
 TEXTS_PER_EVAL = 4  # prompt/response pairs written to the logs at each evaluation
+
+
+def compile_online(config: ml_collections.ConfigDict, method, ctx, params=None) -> Compiled:
+    """The online ``method``'s sharded step and state on ``config.mesh``, training ``params``
+    (default: from the reference; LoRA: the fresh adapters): one fused step with a jittable judge
+    (``nlhf_jax.train.step.compile_fused``), split around a host judge
+    (``nlhf_jax.train.split.compile_split``)."""
+    if getattr(ctx.judge, "jittable", True):
+        return compile_fused(config, method, ctx, params)
+    return compile_split(config, method, ctx, params)
 
 
 def check_judge_metrics(metrics: dict) -> None:

@@ -1,6 +1,6 @@
 """How fast a real-size preference set becomes training batches (no download).
 
-    python benchmarks/tokenize.py [--rows 100000] [--tokenizer DIR] [--pipeline-rows 5000]
+    python benchmarks/tokenize_files.py [--rows 100000] [--tokenizer DIR] [--pipeline-rows 5000]
         [--work runs/benchmarks/tokenize_data] [--out runs/benchmarks/tokenize.json]
 
 Generates ``--rows`` HH-RLHF-like rows (``chosen``/``rejected`` transcripts of one to four
@@ -25,12 +25,7 @@ idle one). Results, settings and the machine (``nlhf_jax.provenance``) go to ``-
 from __future__ import annotations
 
 import os
-import sys
 
-# Run as `python benchmarks/tokenize.py`, this directory comes first on sys.path and this file
-# would stand in for the standard library's `tokenize` (imported by `inspect`, via numpy).
-if sys.path and sys.path[0] == os.path.dirname(os.path.abspath(__file__)):
-    sys.path.pop(0)
 os.environ.setdefault("TQDM_DISABLE", "1")  # tfds's progress bars (read at import) would bury it
 
 import argparse
