@@ -23,9 +23,11 @@ backward pass (``--remat``, default full: ``config.model.remat``):
 
 Beside each: the bytes the state and frozen models hold counted from their shapes
 (``nlhf_jax.train.memory``); seconds per step (median of the steps after the first, which
-compiles); the step's FLOPs (XLA's cost analysis of the compiled step) per second against this
-machine's practical peak, measured in the same process by a jitted float32 matmul of the
-step's largest shapes.
+compiles); the step's model FLOPs per second (``model_flops``: counted from the shapes, as
+``benchmarks/train_step.py`` counts them; XLA's cost analysis counts a ``lax.scan``'s body once,
+not once per layer, so it is recorded but not used) against this machine's practical peak,
+measured in the same process by a jitted float32 matmul of the step's largest shapes.
+``--annotate FILE`` recomputes the model FLOPs and rates of a recorded run.
 """
 
 from __future__ import annotations
@@ -82,6 +84,46 @@ def make_checkpoint(shape: str, vocab: int, cache: str) -> str:
     model.save_pretrained(tmp)
     os.replace(tmp, path)
     return path
+
+
+def model_flops(shape: str, row: dict) -> float:
+    """Model FLOPs of one step of ``row`` (a stage at ``shape``): a forward pass over T tokens
+    that attend over S costs T (2 N + 4 L H Q S) for the N parameters multiplying activations
+    in the layers, plus 2 V d for each position projected to the vocabulary (tied embeddings);
+    training is 3 forwards. SFT projects the response positions; the preference model projects
+    none (a scalar head); Nash-MD-PG samples y from pi and y' from the mixture (pi and mu: three
+    forward passes over prompt + new tokens, projecting the new ones), then trains on y (3) and
+    scores it under mu (1): 7 forwards, the 2-layer judge left out (under 1%). LoRA is counted as
+    full fine-tuning (its backward skips the base weights' gradients, about a third)."""
+    c = SHAPES[shape]
+    d, layers, heads = c["hidden_size"], c["num_hidden_layers"], c["num_attention_heads"]
+    head_dim = d // heads
+    body = row["parameters"] - row["vocab"] * d  # tied: the embedding is the output projection
+
+    def forward(tokens, attended, projected):
+        attention = 4 * layers * heads * head_dim * attended
+        return tokens * (2 * body + attention) + projected * 2 * row["vocab"] * d
+
+    b, p, r = row["batch"], row["prompt"], row["response"]
+    if row["stage"] == "sft":
+        return 3 * forward(b * (p + r), p + r, b * r)
+    if row["stage"] == "pm":
+        t = p + 2 * (r // 2) + 1
+        return 3 * forward(2 * b * t, t, 0)
+    return 7 * forward(b * (p + r), p + r, b * r)  # r: the new tokens
+
+
+def annotate(result: dict) -> dict:
+    """``result`` with each row's model FLOPs and rates computed (``model_flops``)."""
+    for row in result["rows"]:
+        flops = model_flops(result["shape"], row)
+        rate = flops / row["seconds_per_step"]
+        row.update(
+            model_flops=flops,
+            flops_per_s=rate,
+            fraction_of_peak=rate / row["practical_peak_flops_per_s"],
+        )
+    return result
 
 
 def _practical_peak(m: int, k: int, n: int, repeats: int = 3) -> float:
@@ -223,11 +265,11 @@ def _one(args) -> dict:
         frozen_bytes = memory.bytes_per_device(
             compiled.frozen, jax.tree.map(lambda x: x.sharding, compiled.frozen)
         )
-    flops = None
+    xla_flops = None  # recorded only: XLA counts a loop's body once (see the docstring)
     try:
         cost = compiled.lower(state, batch).compile().cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
-        flops = float(cost.get("flops", 0.0)) or None
+        xla_flops = float(cost.get("flops", 0.0)) or None
     except Exception as e:  # cost analysis is best effort (backend-dependent)
         print(f"cost analysis unavailable: {e}", file=sys.stderr)
     times = []
@@ -252,10 +294,8 @@ def _one(args) -> dict:
         "peak_rss_bytes": rss,
         "state_bytes": counted,
         "frozen_bytes": frozen_bytes,
-        "step_flops": flops,
-        "flops_per_s": flops / seconds if flops else None,
+        "xla_cost_analysis_flops": xla_flops,
         "practical_peak_flops_per_s": peak,
-        "fraction_of_peak": flops / seconds / peak if flops else None,
         "finite": bool(np.isfinite(float(metrics["loss"]))),
         "lora_rank": args.lora_rank if stage == "nash_lora" else 0,
         "remat": cfg.remat,
@@ -283,7 +323,16 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default="runs/benchmarks/real_size.json")
     parser.add_argument("--one", choices=STAGES, help=argparse.SUPPRESS)
     parser.add_argument("--vocab-one", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--annotate", metavar="FILE", help="recompute a recorded run's rates")
     args = parser.parse_args(argv)
+    if args.annotate:
+        with open(args.annotate) as f:
+            result = annotate(json.load(f))
+        with open(args.annotate, "w") as f:
+            json.dump(result, f, indent=1)
+        for row in result["rows"]:
+            print(_line(row))
+        return
     if args.one:  # a child: one measurement, as JSON on the last line of stdout
         print(json.dumps(_one(args)), flush=True)
         return
@@ -307,15 +356,19 @@ def main(argv=None) -> None:
                 raise SystemExit(f"{stage} at vocabulary {vocab} failed ({out.returncode})")
             row = json.loads(out.stdout.strip().splitlines()[-1])
             rows.append(row)
+            annotate({"shape": args.shape, "rows": [row]})
             print(_line(row), flush=True)
     from nlhf_jax import provenance
 
     result = {
         "shape": args.shape,
-        "settings": {k: v for k, v in vars(args).items() if k not in ("one", "vocab_one")},
+        "settings": {
+            k: v for k, v in vars(args).items() if k not in ("one", "vocab_one", "annotate")
+        },
         "rows": rows,
         "environment": provenance.environment(seed=0),
     }
+    annotate(result)
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)

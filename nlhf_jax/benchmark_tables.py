@@ -80,6 +80,16 @@ def render_benchmark_sampling(r: dict) -> str:
 @renderer("real_size")
 def render_real_size(r: dict) -> str:
     """``python benchmarks/real_size.py``: each stage's peak RSS at both vocabularies."""
+    return _real_size("real_size", r)
+
+
+@renderer("real_size_tiny")
+def render_real_size_tiny(r: dict) -> str:
+    """``python benchmarks/real_size.py --shape tiny ...``: the same at the tiny shape."""
+    return _real_size("real_size_tiny", r)
+
+
+def _real_size(name: str, r: dict) -> str:
     gib = 2**30
     rows = []
     by = {(x["stage"], x["vocab"]): x for x in r["rows"]}
@@ -112,17 +122,37 @@ def render_real_size(r: dict) -> str:
                 f"{x['seconds_per_step']:.1f}", "n/a" if frac is None else f"{frac:.2f}",
             ])  # fmt: skip
     s = r["settings"]
-    text = (
-        f"{source_line('real_size', r)} Shape `{r['shape']}` "
-        f"({r['rows'][0]['parameters']:,} parameters at the first vocabulary), random weights "
-        f"made by transformers; each row in a process of its own; seconds per step: the median "
-        f"of the {s['steps'] - 1} steps after the first (which compiles); FLOP rate: XLA's cost "
-        "analysis of the step over its time, against a jitted float32 matmul of the step's "
-        "largest shapes timed in the same process. Counted: the train state and frozen models "
-        "from their shapes (a lower bound of the peak). vs small: the peak over the small "
-        "vocabulary's peak plus the counted bytes that differ (1.00: the vocabulary costs only "
-        "its parameters and Adam moments)."
-    )
+    first = r["rows"][0]
+    text = " ".join([
+        f"{source_line(name, r)} `python benchmarks/real_size.py {_real_size_args(s)}`:",
+        f"shape `{r['shape']}` ({first['parameters']:,} parameters at the first vocabulary),",
+        f"random weights made by transformers, remat `{first.get('remat', 'none')}`; each row in",
+        f"a process of its own; seconds per step: {_after_first(s['steps'])}; FLOP rate: the",
+        "step's model FLOPs counted from its shapes (`model_flops` in the script) over its time,",
+        "against a jitted float32 matmul of the step's largest shapes timed in the same process.",
+        "Counted: the train state and frozen models",
+        "from their shapes (a lower bound of the peak). vs small: the peak over the small",
+        "vocabulary's peak plus the counted bytes that differ (1.00: the vocabulary costs only",
+        "its parameters and Adam moments).",
+    ])  # fmt: skip
     header = ["stage", "vocabulary", "batch x tokens", "peak RSS GiB", "counted GiB",
               "vs small", "s/step", "of peak FLOP/s"]  # fmt: skip
     return f"{_paragraph(text)}\n\n{_table(header, rows)}"
+
+
+def _after_first(steps: int) -> str:
+    if steps <= 1:
+        return "the one step, compilation included"
+    if steps == 2:
+        return "the second step (the first compiles)"
+    return f"the median of the {steps - 1} steps after the first (which compiles)"
+
+
+def _real_size_args(s: dict) -> str:
+    """The command-line options of a recorded ``real_size.py`` run that differ from its defaults."""
+    defaults = {"shape": "qwen2.5-0.5b", "batch": 8, "prompt": 256, "response": 256, "new": 128,
+                "steps": 3, "remat": "full", "stages": "sft,pm,nash,nash_lora",
+                "vocab": "151936,512", "lora_rank": 16}  # fmt: skip
+    return " ".join(
+        f"--{k.replace('_', '-')} {s[k]}" for k, v in defaults.items() if k in s and s[k] != v
+    )

@@ -36,6 +36,7 @@ SOURCES = {
     "benchmark_sampling": "benchmarks/sampling.json",
     "benchmark_train_step": "benchmarks/train_step.json",
     "real_size": "benchmarks/real_size.json",
+    "real_size_tiny": "benchmarks/real_size_tiny.json",
     "reproduce": "reproduce/results.json",
     "demo_avx2": "demo_avx2/results.json",
 }
