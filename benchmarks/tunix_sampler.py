@@ -6,13 +6,12 @@ script runs there, with this checkout on ``PYTHONPATH`` (it imports only ``nlhf_
 ``nlhf_jax.models.hf``, which loads under the transformers 5.x that Tunix resolves to). Set-up
 once (torch, CPU build, only to write the random checkpoint with transformers)::
 
-    python3 -m venv /work/tunix-venv
-    /work/tunix-venv/bin/pip install google-tunix==0.1.7 torch==2.13.0
+    python3 -m venv ../tunix-venv
+    ../tunix-venv/bin/pip install google-tunix==0.1.7 torch==2.13.0
 
-Run (the lead's run at the real shape; ``--shape tiny`` for a smoke test)::
+Run from the repository's root (the real shape; ``--shape tiny`` for a smoke test)::
 
-    cd /work/house  # this checkout
-    PYTHONPATH=. /work/tunix-venv/bin/python benchmarks/tunix_sampler.py \\
+    PYTHONPATH=. ../tunix-venv/bin/python benchmarks/tunix_sampler.py \\
         --shape qwen2.5-0.5b [--batch 8] [--prompt 128] [--new 128] [--repeats 3] \\
         [--dtype float32] [--out runs/benchmarks/tunix_sampler.json]
 

@@ -135,6 +135,9 @@ def _real_size(name: str, r: dict) -> str:
         "vocabulary's peak plus the counted bytes that differ (1.00: the vocabulary costs only",
         "its parameters and Adam moments).",
     ])  # fmt: skip
+    load = r.get("environment", {}).get("machine", {}).get("load_average")
+    if load:  # other work on the machine slows the seconds, not the memory
+        text += f" Load average over the 15 minutes before writing: {load[2]:.1f}."
     header = ["stage", "vocabulary", "batch x tokens", "peak RSS GiB", "counted GiB",
               "vs small", "s/step", "of peak FLOP/s"]  # fmt: skip
     return f"{_paragraph(text)}\n\n{_table(header, rows)}"
@@ -156,3 +159,90 @@ def _real_size_args(s: dict) -> str:
     return " ".join(
         f"--{k.replace('_', '-')} {s[k]}" for k, v in defaults.items() if k in s and s[k] != v
     )
+
+
+def _load(r: dict) -> str:
+    """The machine's load averages at the start and the end of a timed run, when recorded."""
+    machine = r.get("environment", {}).get("machine", {})
+    start, end = machine.get("load_average_at_start"), machine.get("load_average")
+    if not start or not end:
+        return ""
+    return f" 1-minute load average {start[0]:.2f} at the start, {end[0]:.2f} at the end."
+
+
+@renderer("benchmark_trl_nash_md")
+def render_benchmark_trl_nash_md(r: dict) -> str:
+    """``python benchmarks/trl_nash_md.py``: our Nash-MD-PG step and TRL's, examples/s."""
+    s = r["settings"]
+    rows = [
+        [str(x["new_tokens"]), f"{x['ours_examples_per_s']:.2f}", f"{x['trl_examples_per_s']:.3f}",
+         f"{x['ratio']:.1f}x", f"{x['ours_mixture_seconds']:.3f}",
+         f"{x['trl_mixture_seconds']:.2f}", f"{x['mixture_ratio']:.1f}x"]
+        for x in r["rows"]
+    ]  # fmt: skip
+    text = (
+        f"{source_line('benchmark_trl_nash_md', r)} `python benchmarks/trl_nash_md.py --new "
+        f"{','.join(map(str, s['new']))} --steps {s['steps']} --warmup {s['warmup']} "
+        f"--torch-threads {s['torch_threads']}`: `{s['preset']}` shape, batch {s['batch']}, "
+        f"prompt {s['prompt']}; the median of {s['steps']} timed steps after {s['warmup']} "
+        f"untimed.{_load(r)}"
+    )
+    header = ["new tokens", "ours examples/s", "TRL examples/s", "ours / TRL",
+              "ours mixture s", "TRL mixture s", "mixture ratio"]  # fmt: skip
+    return f"{_paragraph(text)}\n\n{_table(header, rows)}"
+
+
+@renderer("benchmark_tunix_sampler")
+def render_benchmark_tunix_sampler(r: dict) -> str:
+    """``benchmarks/tunix_sampler.py``: our policy sampler beside Tunix's, tokens/s."""
+    s = r["settings"]
+    rows = [
+        [x["sampler"], f"{x['generate_tok_s']:,.1f}", f"{x['generate_s']:.2f}",
+         f"{x['decode_tok_s']:,.1f}"]
+        for x in r["rows"]
+    ]  # fmt: skip
+    ratio, same = r["ratio_ours_over_tunix"], r["agreement"]
+    text = (
+        f"{source_line('benchmark_tunix_sampler', r)} `benchmarks/tunix_sampler.py --shape "
+        f"{s['shape']} --batch {s['batch']} --prompt {s['prompt']} --new {s['new']} --repeats "
+        f"{s['repeats']}` ({s['dtype']}, the median of {s['repeats']} timed calls after a "
+        f"warm-up): ours / Tunix {ratio['generate_tok_s']:.2f} for the whole generation, "
+        f"{ratio['decode_tok_s']:.2f} for decoding alone; greedy tokens equal in "
+        f"{same['same_tokens']:.0%} of positions ({same['distinct_per_row']:.0f} distinct tokens a "
+        f"row).{_load(r)}"
+    )
+    header = ["sampler", "generate tok/s", "generate s", "decode tok/s"]
+    return f"{_paragraph(text)}\n\n{_table(header, rows)}"
+
+
+_TOKENIZE_PARTS = {
+    "build_text": "text dataset written, no tokenizing (`build_text`)",
+    "pipeline_text": "pipeline tokenizing record by record, per epoch (`pipeline_text`)",
+    "encode_only": "read + render + tokenize, batched (`encode_only`)",
+    "build_tokenized": "tokenized dataset built, raw text (`build_tokenized`)",
+    "build_tokenized_chat": "tokenized dataset built, chat template (`build_tokenized_chat`)",
+    "pipeline_tokenized": "one epoch of batches from it (`pipeline_tokenized`)",
+}
+
+
+@renderer("benchmark_tokenize")
+def render_benchmark_tokenize(r: dict) -> str:
+    """``python benchmarks/tokenize_files.py``: rows/s of each part of reading a pair file."""
+    s, f = r["settings"], r["figures"]
+    rows = [
+        [label, f"{f[k]['rows']:,}", f"{f[k]['seconds']:.1f}", f"{f[k]['rows_per_s']:,.0f}"]
+        for k, label in _TOKENIZE_PARTS.items()
+        if k in f
+    ]
+    est, tokens = r["hh_train_estimate_s"], r["tokens"]
+    text = (
+        f"{source_line('benchmark_tokenize', r)} `python benchmarks/tokenize_files.py --rows "
+        f"{s['rows']}`: HH-like rows, one timed pass each; tokens per row (sampled, chat "
+        f"template): prompt p50 {tokens['prompt']['p50']:.0f}, response p50 "
+        f"{tokens['response_a']['p50']:.0f}. At these rates HH-RLHF's 160k training rows take "
+        f"{est['build_tokenized_chat']:.0f} s to build once, then "
+        f"{est['pipeline_tokenized_per_epoch']:.0f} s an epoch, against "
+        f"{est['pipeline_text_per_epoch']:.0f} s an epoch tokenized in the pipeline."
+    )
+    header = [f"{s['rows']:,} HH-like rows", "rows", "seconds", "rows/s"]
+    return f"{_paragraph(text)}\n\n{_table(header, rows)}"

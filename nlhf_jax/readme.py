@@ -37,6 +37,9 @@ SOURCES = {
     "benchmark_train_step": "benchmarks/train_step.json",
     "real_size": "benchmarks/real_size.json",
     "real_size_tiny": "benchmarks/real_size_tiny.json",
+    "benchmark_trl_nash_md": "benchmarks/trl_nash_md.json",
+    "benchmark_tunix_sampler": "benchmarks/tunix_sampler.json",
+    "benchmark_tokenize": "benchmarks/tokenize.json",
     "reproduce": "reproduce/results.json",
     "demo_avx2": "demo_avx2/results.json",
 }

@@ -3,12 +3,10 @@ its chat template on a tiny transformers-made Qwen2 (vocabulary 151,680, d = 16,
 SFT on conversations (`messages`), a preference model on HH-RLHF transcripts as published
 (implicit prompt; a row whose dialogues differ is skipped and counted), and Nash-MD on
 conversational prompts saved by `datasets.save_to_disk`. One or two steps each: what is checked
-is that each format is read, rendered and trained end to end, not what the steps learn. SFT and
-the preference model train in this process; Nash-MD runs as a user runs it, by the command line."""
+is that each format is read, rendered and trained end to end, not what the steps learn."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -70,53 +68,46 @@ def runs(qwen3_dir, tmp_path_factory):
     pairs = _write(root / "hh.jsonl", hh)
     prompts = str(root / "prompts")
     datasets.Dataset.from_list([{"prompt": [user(i)]} for i in range(4)]).save_to_disk(prompts)
-    common = {  # the rendered prompts fit 32 tokens, the replies 12; one evaluation, at the end
-        "batch_size": 2,
-        "data.max_prompt_len": 32,
-        "data.max_response_len": 12,
-        "sampling.max_new_tokens": 2,
-        "data.num_eval_prompts": 2,
-        "eval_every": 0,
-    }
-    in_process = {
-        "sft": {"model.hf_checkpoint": ckpt, "data.train_file": demos},
-        "preference_model": {
-            "model.hf_checkpoint": ckpt,
-            "data.train_file": pairs,
-            "data.chat_template": True,
-            "data.on_error": "skip",
-        },
-    }
-    for stage, overrides in in_process.items():
-        _train(stage, str(root / stage), {**common, **overrides, "num_steps": 2})
-    cli = [f"--config.{k}={v}" for k, v in {**common, "num_steps": 1}.items()] + [
-        f"--config.init_from={root / 'sft'}",
-        f"--config.judge={root / 'preference_model'}",
-        f"--config.data.prompts_file={prompts}",
+    common = [  # the rendered prompts fit 32 tokens, the replies 12; one evaluation, at the end
+        "--config.batch_size=2",
+        "--config.data.max_prompt_len=32",
+        "--config.data.max_response_len=12",
+        "--config.sampling.max_new_tokens=2",
+        "--config.data.num_eval_prompts=2",
+        "--config.eval_every=0",
     ]
-    out = subprocess.run(
-        [sys.executable, "-m", "nlhf_jax.train", "--config", "configs/text.py:nash_md",
-         "--workdir", str(root / "nash_md"), *cli],
-        capture_output=True, text=True, cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"},
-    )  # fmt: skip
-    assert out.returncode == 0, f"nash_md: {out.stderr[-3000:]}"
+    stages = {
+        "sft": [f"--config.model.hf_checkpoint={ckpt}", f"--config.data.train_file={demos}"],
+        "preference_model": [
+            f"--config.model.hf_checkpoint={ckpt}",
+            f"--config.data.train_file={pairs}",
+            "--config.data.chat_template=true",
+            "--config.data.on_error=skip",
+        ],
+        "nash_md": [
+            f"--config.init_from={root / 'sft'}",
+            f"--config.judge={root / 'preference_model'}",
+            f"--config.data.prompts_file={prompts}",
+        ],
+    }
+    # One compilation cache for the three runs: the same backend (one CPU device, the same
+    # flags) builds the same models, whose initializers and samplers compile the same programs.
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "",
+        "JAX_COMPILATION_CACHE_DIR": str(root / "jax_cache"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.1",
+    }
+    for stage, args in stages.items():
+        steps = 1 if stage == "nash_md" else 2
+        out = subprocess.run(
+            [sys.executable, "-m", "nlhf_jax.train", "--config", f"configs/text.py:{stage}",
+             "--workdir", str(root / stage), f"--config.num_steps={steps}", *common, *args],
+            capture_output=True, text=True, cwd=REPO, env=env,
+        )  # fmt: skip
+        assert out.returncode == 0, f"{stage}: {out.stderr[-3000:]}"
     return root
-
-
-def _train(stage: str, workdir: str, overrides: dict) -> None:
-    """``configs/text.py:<stage>`` with ``overrides`` (dotted keys), trained as the command
-    line trains it (its config recorded, then the loop), in this process on one device."""
-    from nlhf_jax.train import loop, methods, settings
-
-    spec = importlib.util.spec_from_file_location("text_configs", f"{REPO}/configs/text.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(stage)
-    config.update_from_flattened_dict({**overrides, "mesh.num_devices": 1})
-    settings.validate(config)
-    settings.record(workdir, config, False, say=lambda line: None)
-    trainer = methods.build(config, workdir)
-    loop.run(trainer, workdir, num_steps=config.num_steps, eval_every=0, quiet=True)
 
 
 def _run_json(workdir):
