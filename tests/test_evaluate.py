@@ -178,7 +178,9 @@ def test_judge_matrix_matches_a_loop_over_prompts(evaluated, runs):
         p = direct(np.broadcast_to(prompt, (R * R, len(prompt))))
         np.testing.assert_allclose(P[x], np.asarray(p).reshape(R, R), atol=1e-6)
     np.testing.assert_allclose(P + P.transpose(0, 2, 1), 1.0, atol=1e-12)  # float64 sigmoid
-    assert np.abs(P - 0.5).max() > 0.01  # a trained judge, not the indifferent initial one
+    # A trained judge, not the indifferent initial one (exactly 1/2 everywhere): its matrix is
+    # far enough from 1/2 that the comparison with the loop above (atol 1e-6) is not vacuous.
+    assert np.abs(P - 0.5).max() > 1000 * 1e-6
     logps = [_logp(runs[name], task) for name in NAMES]
     M = np.array(results["win_rate_judge"])
     np.testing.assert_allclose(M, _win_rates_by_loop(logps, P), atol=1e-9)

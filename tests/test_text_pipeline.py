@@ -333,7 +333,7 @@ def test_lora_exports_merged_and_as_a_peft_adapter(files, lora_sft, tmp_path):
 def test_lora_online_run_plays_against_its_own_base(files, runs, tmp_path):
     """Nash-MD-PG with adapters on the SFT policy: the reference is the frozen base itself, so
     at the first step (fresh adapters change nothing) the policy's and the reference's
-    log-probs of the same samples are equal and the sampled KL is exactly 0."""
+    log-probs of the same samples are equal and the sampled KL is 0 to float32 rounding."""
     workdir = str(tmp_path / "nash_md_lora")
     config = _lora(_config("nash_md", files, runs), rank=2)
     trainer = methods.build(config, workdir)
@@ -341,7 +341,9 @@ def test_lora_online_run_plays_against_its_own_base(files, runs, tmp_path):
     leaves = jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(state.params))
     assert all("_lora" in jax.tree_util.keystr(p) for p, _ in leaves)
     state, metrics = trainer.step(state, next(trainer.data))
-    assert float(metrics["objective/kl"]) == 0.0
+    # 0 up to float32 rounding: the policy and the reference are two compiled programs over the
+    # same weights (a reference that were another model would give a KL of order 1e-2 or more).
+    assert abs(float(metrics["objective/kl"])) < 1e-5
     assert np.isfinite(float(metrics["loss"]))
     loop.run(trainer, workdir, num_steps=2, quiet=True)
     identity = checkpoint.read_identity(workdir)
