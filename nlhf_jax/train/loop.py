@@ -21,12 +21,12 @@ from typing import Any, Protocol
 
 import jax
 import numpy as np
-from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
 from nlhf_jax.checkpoint import Checkpoints, save_tokenizer
 from nlhf_jax.errors import Interrupted
 from nlhf_jax.evaluate.report import read_metrics
+from nlhf_jax.tensorboard import EventWriter
 from nlhf_jax.train.guard import DEFAULT_GUARD, DivergenceGuard
 from nlhf_jax.workdir_lock import WorkdirLock
 
@@ -93,7 +93,7 @@ class MetricsWriter:
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
         if kind not in self._boards:
-            self._boards[kind] = SummaryWriter(os.path.join(self.tensorboard, kind))
+            self._boards[kind] = EventWriter(os.path.join(self.tensorboard, kind))
         for key, value in row.items():
             if key not in ("step", "kind") and isinstance(value, float):
                 self._boards[kind].add_scalar(key, value, step)
@@ -111,7 +111,7 @@ class MetricsWriter:
             for row in texts:
                 f.write(json.dumps({"step": step, **row}) + "\n")
         if "eval" not in self._boards:
-            self._boards["eval"] = SummaryWriter(os.path.join(self.tensorboard, "eval"))
+            self._boards["eval"] = EventWriter(os.path.join(self.tensorboard, "eval"))
         table = "\n\n".join(
             f"**prompt:** {t['prompt']}  \n**response:** {t['response']}" for t in texts
         )
