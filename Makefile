@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo tabular text test lint format clean reproduce readme
+.PHONY: demo tabular text text-host-judge test lint format clean reproduce readme
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,28 @@ text: $(STAMP)
 	$(PY) -m nlhf_jax.sample --run runs/text/nash_md --prompts data/text/eval_prompts.jsonl \
 	    --out runs/text/samples.jsonl --num-samples 2
 	$(PY) -m nlhf_jax.export --run runs/text/nash_md --out runs/text/export --overwrite
+
+# Nash-MD on the text example against the exact text judge run on the host (the split step)
+# and against the learned preference model, five seeds each, both scored by both judges and
+# aggregated over seeds into runs/text_host_judge/eval (docs/judges_and_data.md). The SFT
+# policy and the preference model are make text's (trained here if missing).
+HOST_JUDGE := runs/text_host_judge
+text-host-judge: $(STAMP)
+	test -f data/text/task.json || $(PY) -m nlhf_jax.tasks.text --out data/text
+	$(call TEXT_STAGE,sft,sft)
+	$(call TEXT_STAGE,preference_model,pm)
+	for s in 0 1 2 3 4; do \
+	  $(PY) -m nlhf_jax.train --config configs/text_example.py:nash_md --config.seed=$$s \
+	      --config.judge=data/text/task.json --workdir $(HOST_JUDGE)/seed_$$s/nash_md_exact && \
+	  $(PY) -m nlhf_jax.train --config configs/text_example.py:nash_md --config.seed=$$s \
+	      --workdir $(HOST_JUDGE)/seed_$$s/nash_md_pm && \
+	  $(PY) -m nlhf_jax.evaluate --prompts data/text/eval_prompts.jsonl --reference runs/text/sft \
+	      --judge data/text/task.json --judge runs/text/pm --samples 16 --seed $$s \
+	      --out $(HOST_JUDGE)/seed_$$s/eval nash_md_exact=$(HOST_JUDGE)/seed_$$s/nash_md_exact \
+	      nash_md_pm=$(HOST_JUDGE)/seed_$$s/nash_md_pm || exit 1; \
+	done
+	$(PY) -m nlhf_jax.evaluate --out $(HOST_JUDGE)/eval \
+	    --aggregate $(foreach s,0 1 2 3 4,$(HOST_JUDGE)/seed_$(s)/eval/results.json)
 
 test: $(TEST_STAMP)
 	$(PY) -m ruff check .

@@ -317,3 +317,50 @@ def render_reproduce(r: dict) -> str:
         "(its own SFT, preference and reward models, policies and RLP refreshes)."
     )
     return "\n".join([_paragraph(text), "", seeds.table(r)])
+
+
+# --- sampled evaluations on prompts: python -m nlhf_jax.evaluate --prompts ... --------------
+
+
+def _sampled(results: dict, key: str, stderr: str, i: int, j: int | None = None) -> str:
+    """Entry i (or [i][j]) of a sampled evaluation's figure ``key``: ``mean ± standard error``
+    (figure ``stderr``) of one evaluation, or ``mean ± 95% interval`` over seeds of an aggregate
+    (``*``: a head to head whose interval excludes 1/2)."""
+    if isinstance(results[key], dict):
+        return _figure(results[key], i, j, mark_half=True)
+    pick = (lambda m: m[i]) if j is None else (lambda m: m[i][j])
+    return f"{_num(pick(results[key]))} ± {_num(pick(results[stderr]))}"
+
+
+def render_sampled(name: str, r: dict) -> str:
+    """One row per policy (the reference, first, is the column it is measured against): its win
+    rate against the reference and against every other policy under each judge, then KL."""
+    methods, judges = r["methods"], r["judges"]
+    header = ["policy (row beats column)"]
+    for judge in judges:
+        header += [f"{judge}: vs {m}" for m in methods[:-1]]
+    header.append("KL(pi \\|\\| mu)")
+    rows = []
+    for i, method in enumerate(methods[1:], start=1):
+        row = [method]
+        for judge in judges:
+            for j in range(len(methods) - 1):
+                key = f"win_rate/{judge}"
+                cell = "" if i == j else _sampled(r, key, f"win_rate_stderr/{judge}", i, j)
+                row.append(cell)
+        rows.append([*row, _sampled(r, "kl_to_reference", "kl_to_reference_stderr", i)])
+    c = r["config"]
+    spread = (
+        f"mean ± 95% interval over seeds {r['seeds']}; `*`: the interval excludes 1/2"
+        if "num_seeds" in r
+        else "± standard error over prompts"
+    )
+    text = (
+        f"{source_line(name, r)} {c['num_prompts']} prompts x {c['samples']} sampled responses "
+        f"per policy, the reference `{methods[0]}` first; {spread}."
+    )
+    return "\n".join([_paragraph(text), "", _table(header, rows)])
+
+
+for _name in ("text_example", "text_host_judge"):
+    renderer(_name)(lambda r, _name=_name: render_sampled(_name, r))

@@ -133,9 +133,12 @@ def main(argv: list[str] | None = None) -> None:
 
 def _aggregate(paths: list[str], out: str | None) -> None:
     """Several seeds' results.json as one: prints the table, writes OUT/results.json."""
+    from nlhf_jax import provenance
     from nlhf_jax.evaluate import report, seeds
 
     aggregated = seeds.aggregate(seeds.load(paths), paths)
+    # The seeds' own environments differ (their dates) and are dropped: this is the aggregation's.
+    aggregated["environment"] = provenance.environment()
     print(seeds.table(aggregated))
     if out:
         os.makedirs(out, exist_ok=True)

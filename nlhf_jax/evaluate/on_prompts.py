@@ -23,7 +23,7 @@ import os
 import jax
 import numpy as np
 
-from nlhf_jax import judges
+from nlhf_jax import judges, provenance
 from nlhf_jax.checkpoint import load_policy, policy_identity, run_tokenizer
 from nlhf_jax.data import ChatOptions
 from nlhf_jax.errors import UserError
@@ -159,6 +159,7 @@ def evaluate_on_prompts(
         "max_new_tokens": max_new_tokens,
         "seed": seed,
     }
+    results["environment"] = provenance.environment(seed=seed)
     if not quiet:
         _print(results)
     if out is not None:
