@@ -85,7 +85,7 @@ text-host-judge: $(STAMP)
 test: $(TEST_STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadscope tests
 
 lint: $(TEST_STAMP)
 	$(PY) -m ruff check .

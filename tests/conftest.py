@@ -1,4 +1,6 @@
-"""Test set-up: 8 fake CPU devices, and CPU collectives that fail fast instead of hanging.
+"""Test set-up: 8 fake CPU devices, CPU collectives that fail fast instead of hanging, a
+compilation cache for the session, and session fixtures built once across pytest-xdist workers
+(``make test`` runs ``pytest -n 2 --dist loadscope``: two workers, each module in one of them).
 
 XLA reads XLA_FLAGS when the backend starts, so this runs before any test imports jax's backend.
 ENVIRONMENT.md: sharded steps with collectives dispatched back to back on fake CPU devices can
@@ -12,6 +14,7 @@ ask for more (`config.mesh.num_devices`, `config.mesh.shape`).
 """
 
 import atexit
+import fcntl
 import os
 import shutil
 import tempfile
@@ -21,6 +24,11 @@ if "xla_force_host_platform_device_count" not in _flags:
     _flags += " --xla_force_host_platform_device_count=8"
 if "xla_cpu_collective_call_terminate_timeout_seconds" not in _flags:
     _flags += " --xla_cpu_collective_call_terminate_timeout_seconds=10"
+# Most of the suite's time is XLA compiling small programs; LLVM's -O0 compiles them about 30%
+# faster (the same programs, less optimized machine code). The tests check what the programs
+# compute (to float32 rounding, or bit for bit between two runs of one setting), not their speed.
+if "xla_backend_optimization_level" not in _flags:
+    _flags += " --xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = _flags.strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -34,17 +42,25 @@ os.environ["XLA_FLAGS"] = " ".join(  # ... and leaves subprocesses with one.
     f for f in _flags.split() if "xla_force_host_platform_device_count" not in f
 )
 
-# A persistent compilation cache for this process and session: many tests build the same
-# trainer (same shapes, same program) and would otherwise compile it again. Fresh per session,
-# so a run never depends on what an earlier one left behind. Not shared with subprocesses:
-# they start other backends (1 or 2 devices, other XLA flags) and must compile for those.
-_cache = tempfile.mkdtemp(prefix="nlhf-jax-test-xla-cache-")
-atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+# A persistent compilation cache for the session: many tests build the same trainer (same
+# shapes, same program) and would otherwise compile it again, in this process, in the other
+# pytest-xdist worker, and in the `python -m` subprocesses and notebook kernels the tests start
+# (they inherit the environment, so each run of one CLI config compiles it once). Fresh per
+# session, so a run never depends on what an earlier one left behind: made by the first process
+# to load this file (pytest's, or xdist's controller before it starts the workers) and removed
+# when that process exits. A program's key holds the XLA flags and the devices' topology: the
+# 8-device test processes share programs with each other, the 1-device subprocesses with theirs.
+if "NLHF_TEST_XLA_CACHE" not in os.environ:
+    os.environ["NLHF_TEST_XLA_CACHE"] = tempfile.mkdtemp(prefix="nlhf-jax-test-xla-cache-")
+    atexit.register(shutil.rmtree, os.environ["NLHF_TEST_XLA_CACHE"], ignore_errors=True)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ["NLHF_TEST_XLA_CACHE"]
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 for _name, _value in (
-    ("jax_compilation_cache_dir", _cache),
-    ("jax_persistent_cache_min_compile_time_secs", 0.2),
+    ("jax_compilation_cache_dir", os.environ["NLHF_TEST_XLA_CACHE"]),
+    ("jax_persistent_cache_min_compile_time_secs", 0.0),
 ):
     jax.config.update(_name, _value)
+
 
 _base_config = defaults.base_config
 
@@ -59,20 +75,52 @@ def _one_device_config(method):
 defaults.base_config = _one_device_config
 
 
+def built_once(tmp_path_factory, name: str, build) -> str:
+    """The directory ``name`` that ``build(directory)`` fills, built once per test run: under
+    pytest-xdist by the first worker that asks (the others wait on a file lock, then read it).
+    Tests only read what a session fixture built."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's directory, above every worker's own
+    path = root / name
+    with open(f"{path}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (path / ".built").exists():
+            shutil.rmtree(path, ignore_errors=True)
+            path.mkdir()
+            build(str(path))
+            (path / ".built").touch()
+    return str(path)
+
+
 # Runs shared by the tests of trainers, evaluation and the command line: a trained SFT policy
 # (the reference and starting policy) and two small judges, trained once per session.
 
 
-@pytest.fixture(scope="session")
-def sft_run(tmp_path_factory):
+def _train_sft(workdir):
     from nlhf_jax.train import loop, methods
 
-    workdir = str(tmp_path_factory.mktemp("sft"))
     config = _one_device_config("sft")
     config.num_steps = 300
     trainer = methods.build(config, workdir)
     loop.run(trainer, workdir, num_steps=300, checkpoint_every=10**9, quiet=True)
-    return workdir
+
+
+@pytest.fixture(scope="session")
+def sft_run(tmp_path_factory):
+    return built_once(tmp_path_factory, "sft", _train_sft)
+
+
+def _train_judges(root):
+    from nlhf_jax.train import loop, methods
+
+    for method in ("preference_model", "reward_model"):
+        workdir = os.path.join(root, method)
+        config = _one_device_config(method)
+        config.batch_size, config.num_steps = 8, 10
+        config.optimizer.learning_rate, config.optimizer.warmup_steps = 1e-2, 0
+        config.data.train_pairs, config.data.eval_pairs = 640, 64
+        loop.run(methods.build(config, workdir), workdir, num_steps=10, quiet=True)
 
 
 @pytest.fixture(scope="session")
@@ -80,18 +128,8 @@ def judge_runs(tmp_path_factory):
     """A preference model and a reward model of 10 steps: their quality does not matter, but
     their heads must have left zero (a zero head judges every pair 1/2, and Nash-MD's gradient
     is then round-off)."""
-    from nlhf_jax.train import loop, methods
-
-    out = {}
-    for method in ("preference_model", "reward_model"):
-        workdir = str(tmp_path_factory.mktemp(method))
-        config = _one_device_config(method)
-        config.batch_size, config.num_steps = 8, 10
-        config.optimizer.learning_rate, config.optimizer.warmup_steps = 1e-2, 0
-        config.data.train_pairs, config.data.eval_pairs = 640, 64
-        loop.run(methods.build(config, workdir), workdir, num_steps=10, quiet=True)
-        out[method] = workdir
-    return out
+    root = built_once(tmp_path_factory, "judges", _train_judges)
+    return {method: os.path.join(root, method) for method in ("preference_model", "reward_model")}
 
 
 @pytest.fixture
@@ -177,3 +215,42 @@ def llama3_dir(tmp_path_factory) -> str:
     with open(os.path.join(out, "tokenizer_config.json"), "w", encoding="utf-8") as f:
         json.dump(config, f)
     return out
+
+
+# The notebooks in colabs/, each run top to bottom once per test run with small settings
+# (NLHF_COLAB_SMALL=1), in a kernel that inherits this environment. A notebook that is a
+# pipeline's end-to-end run is run by that pipeline's tests, which read what it wrote
+# (tests/train/test_demo.py, tests/test_text_pipeline.py); tests/test_colabs.py runs the others.
+COLABS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "colabs")
+
+
+def _execute(name: str, out: str) -> None:
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(os.path.join(COLABS, name), as_version=4)
+    saved = {k: os.environ.get(k) for k in ("NLHF_COLAB_SMALL", "MPLBACKEND")}
+    os.environ.update(NLHF_COLAB_SMALL="1", MPLBACKEND="Agg")
+    try:  # the kernel's working directory is `out`; a failing cell raises CellExecutionError
+        NotebookClient(
+            nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": out}}
+        ).execute()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert any("image/png" in o.get("data", {}) for o in outputs), f"{name} showed no figure"
+    nbformat.write(nb, os.path.join(out, name))  # with its outputs, beside what it wrote
+
+
+@pytest.fixture(scope="session")
+def executed_notebook(tmp_path_factory):
+    """``executed_notebook(name)``: the directory in which ``colabs/<name>`` ran top to bottom
+    (a failing cell raises) and showed a figure, holding what it wrote and the notebook with its
+    outputs (``<name>``); run once per test run."""
+    return lambda name: built_once(
+        tmp_path_factory, f"colab_{name.split('.')[0]}", lambda out: _execute(name, out)
+    )

@@ -26,7 +26,7 @@ TINY_SFT = [
 
 
 def _env():
-    return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    return {**os.environ, "JAX_PLATFORMS": "cpu"}
 
 
 def _train(*args, check=None):

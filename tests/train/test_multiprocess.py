@@ -60,6 +60,10 @@ def _two_processes(config_file, workdir, **kw):
     flags = [f"--config.{k}={v}" for k, v in {**SETTINGS, **kw}.items() if k != "mesh.shape"]
     flags.append("--config.mesh.shape=(2,2,1)")
     port, procs = _free_port(), []
+    # The suite's XLA flags (tests/conftest.py), with 2 devices and a longer collective timeout.
+    flags_2 = [f for f in os.environ["XLA_FLAGS"].split() if "collective_call" not in f]
+    flags_2 += ["--xla_force_host_platform_device_count=2"]
+    flags_2 = " ".join([*flags_2, "--xla_cpu_collective_call_terminate_timeout_seconds=30"])
     for k in range(2):
         env = {
             **os.environ,
@@ -67,8 +71,7 @@ def _two_processes(config_file, workdir, **kw):
             "JAX_NUM_PROCESSES": "2",
             "JAX_PROCESS_ID": str(k),
             "JAX_PLATFORMS": "cpu",
-            "XLA_FLAGS": "--xla_force_host_platform_device_count=2 "
-            "--xla_cpu_collective_call_terminate_timeout_seconds=30",
+            "XLA_FLAGS": flags_2,
         }
         command = [sys.executable, "-m", "nlhf_jax.train", "--config", config_file]
         command += ["--workdir", workdir, *flags]

@@ -26,20 +26,6 @@ def _train(method, tmp_path, **overrides):
     return trainer.evaluate(state)
 
 
-def test_preference_model_learns_the_style_cycle_reward_model_cannot(tmp_path):
-    """The default synthetic task, 600 steps each (deterministic on CPU). Measured: preference
-    model 1.00 accuracy on cyclic pairs (equal quality, different style) against the oracle and
-    0.996 on held-out pairs; reward model 0.584 on cyclic pairs, 0.815 held out. A scalar reward
-    orders at most 2 of the 3 style pairs correctly, so it cannot exceed 2/3 on balanced cyclic
-    pairs (0.7 leaves room for the sample's imbalance)."""
-    pm = _train("preference_model", tmp_path)
-    rm = _train("reward_model", tmp_path)
-    assert float(pm["cyclic/accuracy"]) > 0.9
-    assert float(rm["cyclic/accuracy"]) < 0.7
-    assert float(pm["oracle/accuracy"]) > 0.95
-    assert float(pm["oracle/log_loss"]) < float(rm["oracle/log_loss"])
-
-
 def _cli(*args, cwd):
     return subprocess.run(
         [sys.executable, "-m", "nlhf_jax.train", *args], capture_output=True, text=True, cwd=cwd
