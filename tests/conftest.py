@@ -41,6 +41,7 @@ jax.devices()  # Starts the backend with 8 devices ...
 os.environ["XLA_FLAGS"] = " ".join(  # ... and leaves subprocesses with one.
     f for f in _flags.split() if "xla_force_host_platform_device_count" not in f
 )
+_EIGHT_DEVICES = _flags.strip()  # the tests' backend, for a kernel whose programs they share
 
 # A persistent compilation cache for the session: many tests build the same trainer (same
 # shapes, same program) and would otherwise compile it again, in this process, in the other
@@ -224,13 +225,15 @@ def llama3_dir(tmp_path_factory) -> str:
 COLABS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "colabs")
 
 
-def _execute(name: str, out: str) -> None:
+def _execute(name: str, out: str, tests_backend: bool) -> None:
     import nbformat
     from nbclient import NotebookClient
 
     nb = nbformat.read(os.path.join(COLABS, name), as_version=4)
-    saved = {k: os.environ.get(k) for k in ("NLHF_COLAB_SMALL", "MPLBACKEND")}
+    saved = {k: os.environ.get(k) for k in ("NLHF_COLAB_SMALL", "MPLBACKEND", "XLA_FLAGS")}
     os.environ.update(NLHF_COLAB_SMALL="1", MPLBACKEND="Agg")
+    if tests_backend:
+        os.environ["XLA_FLAGS"] = _EIGHT_DEVICES
     try:  # the kernel's working directory is `out`; a failing cell raises CellExecutionError
         NotebookClient(
             nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": out}}
@@ -248,9 +251,39 @@ def _execute(name: str, out: str) -> None:
 
 @pytest.fixture(scope="session")
 def executed_notebook(tmp_path_factory):
-    """``executed_notebook(name)``: the directory in which ``colabs/<name>`` ran top to bottom
-    (a failing cell raises) and showed a figure, holding what it wrote and the notebook with its
-    outputs (``<name>``); run once per test run."""
-    return lambda name: built_once(
-        tmp_path_factory, f"colab_{name.split('.')[0]}", lambda out: _execute(name, out)
-    )
+    """``executed_notebook(name, tests_backend=False)``: the directory in which
+    ``colabs/<name>`` ran top to bottom (a failing cell raises) and showed a figure, holding what
+    it wrote and the notebook with its outputs (``<name>``); run once per test run. The kernel
+    has one device like every subprocess, or with ``tests_backend`` the tests' 8: a notebook
+    whose runs ask for one device then compiles the programs that the tests' own runs of its
+    settings find in the session's compilation cache (a program's key holds the backend's
+    device count)."""
+
+    def run(name: str, tests_backend: bool = False) -> str:
+        build = lambda out: _execute(name, out, tests_backend)
+        return built_once(tmp_path_factory, f"colab_{name.split('.')[0]}", build)
+
+    return run
+
+
+# The modules that take longest, measured, longest first: `make test` keeps this order
+# (--no-loadscope-reorder) and each pytest-xdist worker takes the next module when it is nearly
+# done with its own, so the two finish close together. The rest follow in collection order.
+SLOWEST_FIRST = [
+    "tests/test_text_pipeline.py",
+    "tests/train/test_online.py",
+    "tests/train/test_demo.py",
+    "tests/test_cli.py",
+    "tests/train/test_rlp.py",
+    "tests/test_trl_formats.py",
+    "tests/train/test_sharded.py",
+    "tests/test_colabs.py",
+    "tests/test_evaluate.py",
+    "tests/train/test_robustness.py",
+    "tests/train/test_multiprocess.py",
+]
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {module: i for i, module in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
