@@ -361,6 +361,8 @@ def online_parts(method, ctx) -> tuple[Prepare, LossFn, After | None]:
         return loss, {
             "objective/kl": losses.sequence_kl_estimate(lp_a, batch["ref_logp_a"], am),
             "objective/entropy": -jnp.mean(losses.sequence_logprob(lp_a, am)),
+            # Tokens in y ~ pi (EOS included): a policy writing to the length limit shows here.
+            "objective/response_len": jnp.mean(jnp.sum(am, axis=-1, dtype=jnp.float32)),
         }
 
     after = None

@@ -21,6 +21,7 @@ class _OnTheHost:
         self._r = jax.jit(lambda judge, *arrays: judge.reward(*arrays))
 
     def __call__(self, *arrays):
+        self.pair = arrays  # prompt, its mask, y, its mask, y', its mask: what the host saw
         return np.asarray(self._p(self.judge, *arrays), np.float64)
 
     def reward(self, *arrays):
@@ -43,15 +44,19 @@ def test_split_step_is_the_fused_step(sft_run, judge_runs, tmp_path, monkeypatch
     update gives the same parameters, to float32 rounding of the judge's separate program."""
     config = _config(sft_run, judge_runs["reward_model"])
     load = online_trainer.load_judge
-    out = {}
+    out, hosts = {}, []
     for where in ("fused", "host"):
         if where == "host":
-            monkeypatch.setattr(online_trainer, "load_judge", lambda *a: _OnTheHost(load(*a)))
+            host_judge = lambda *a: hosts.append(_OnTheHost(load(*a))) or hosts[-1]
+            monkeypatch.setattr(online_trainer, "load_judge", host_judge)
         trainer = methods.build(config, str(tmp_path / where))
         state, metrics = trainer.step(trainer.init_state(), next(trainer.data))
         out[where] = jax.device_get((state.params, metrics))
     (fused, m_fused), (host, m_host) = out["fused"], out["host"]
     assert "time/judge_s" in m_host and "time/judge_s" not in m_fused
+    # The logged response length is the mean token count of y ~ pi, the pair's first response.
+    y_mask = hosts[-1].pair[3]
+    assert m_host["objective/response_len"] == pytest.approx(y_mask.sum(-1).mean(), rel=1e-6)
     for key in m_fused:  # a different pair would move these by O(0.1)
         assert m_host[key] == pytest.approx(m_fused[key], rel=1e-5, abs=1e-6), key
     for a, b in zip(jax.tree.leaves(host), jax.tree.leaves(fused), strict=True):
