@@ -200,9 +200,14 @@ def test_small_things(tmp_path, capsys):
     import importlib
 
     from nlhf_jax.data import readers
-    from nlhf_jax.evaluate.on_prompts import _num
+    from nlhf_jax.evaluate import seeds
+    from nlhf_jax.evaluate.report import fixed
 
-    assert _num(-0.00004) == "0.000" and _num(0.1234) == "0.123"
+    assert fixed(-0.00004) == "0.000" and fixed(0.1234) == "0.123"
+    # The seeds table too: an SFT reference's KL to itself, a tiny negative estimate.
+    kl = {"mean": [-2e-6, 0.25], "halfwidth": [1e-6, 0.01]}
+    text = seeds.table({"methods": ["sft", "nash_md"], "kl_to_reference": kl, "num_seeds": 2})
+    assert "-0.0" not in text and "| sft | 0.0000 ± 0.0000 |" in text
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a"}\n\n\n\n{"prompt": oops}\n')
     with pytest.raises(UserError) as info:

@@ -170,11 +170,6 @@ def evaluate_on_prompts(
     return results
 
 
-def _num(x: float, digits: int = 3) -> str:
-    """``x`` to ``digits`` decimals, never "-0.000" (a tiny negative estimate rounds to 0)."""
-    return f"{round(x, digits) + 0.0:.{digits}f}"
-
-
 def _print(results: dict) -> None:
     methods, c = results["methods"], results["config"]
     print(f"{c['num_prompts']} prompts x {c['samples']} samples per policy")
@@ -189,7 +184,8 @@ def _print(results: dict) -> None:
     width = max(10, *(len(m) + 2 for m in methods))
     print(f"\n{'method':<{width}}{'KL(pi||mu)':>20}{'tokens':>10}{'ended':>10}")
     for i, m in enumerate(methods):
-        kl = f"{_num(results['kl_to_reference'][i])}±{_num(results['kl_to_reference_stderr'][i])}"
+        kl, se = results["kl_to_reference"][i], results["kl_to_reference_stderr"][i]
+        kl = f"{report.fixed(kl)}±{report.fixed(se)}"
         print(
             f"{m:<{width}}{kl:>20}{results['mean_response_tokens'][i]:>10.1f}"
             f"{results['ended_with_eos'][i]:>10.2f}"

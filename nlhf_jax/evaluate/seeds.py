@@ -20,6 +20,7 @@ import math
 import numpy as np
 
 from nlhf_jax.errors import MissingInput, UserError
+from nlhf_jax.evaluate.report import fixed
 
 # Top-level keys that hold a run's settings, not measurements: their numbers (tau, the task's
 # sizes) are kept when the seeds agree, never averaged.
@@ -179,9 +180,9 @@ def _cell(stat, i: int, j: int | None, digits: int) -> str:
     mean = pick(stat["mean"])
     if mean is None:
         return "n/a"
-    text = f"{mean:.{digits}f}"
+    text = fixed(mean, digits)
     if stat["halfwidth"] is not None and pick(stat["halfwidth"]) is not None:
-        text += f" ± {pick(stat['halfwidth']):.{digits}f}"
+        text += f" ± {fixed(pick(stat['halfwidth']), digits)}"
     if j is not None and stat.get("differs_from_half") and pick(stat["differs_from_half"]):
         text += " *"
     return text
@@ -227,9 +228,9 @@ def table(aggregated: dict) -> str:
         lines.append("\none seed: no interval.")
     floor = _stat(aggregated, "judge_nash_duality_gap")
     if floor is not None and floor["mean"] is not None:
-        text = f"{floor['mean']:.4f}"
+        text = fixed(floor["mean"], 4)
         if floor["halfwidth"] is not None:
-            text += f" ± {floor['halfwidth']:.4f}"
+            text += f" ± {fixed(floor['halfwidth'], 4)}"
         lines.append(
             f"judge floor (duality gap of the exact NE of the learned judge's game): {text}"
         )
