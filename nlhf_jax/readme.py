@@ -44,6 +44,7 @@ SOURCES = {
     "demo_avx2": "demo_avx2/results.json",
     "text_example": "text/eval/results.json",
     "text_host_judge": "text_host_judge/eval/results.json",
+    "text_long_responses": "benchmarks/text_long_responses.json",
 }
 # A table rendered from another table's results file: NAME -> that file's NAME.
 FILE_OF = {"demo_rlp": "demo", "reproduce_rlp": "reproduce", "reproduce_pairs": "reproduce"}
