@@ -246,3 +246,43 @@ def render_benchmark_tokenize(r: dict) -> str:
     )
     header = [f"{s['rows']:,} HH-like rows", "rows", "seconds", "rows/s"]
     return f"{_paragraph(text)}\n\n{_table(header, rows)}"
+
+
+# --- python benchmarks/text_long_responses.py -----------------------------------------------
+
+
+@renderer("text_long_responses")
+def render_text_long_responses(r: dict) -> str:
+    """One row per seed of Nash-MD at configs/text.py's defaults from an early-stopped SFT:
+    largest and last KL against the guard's limit, and the responses' lengths."""
+
+    def lengths(s: dict) -> str:
+        return f"{s['mean_tokens']:.1f} / {100 * s['at_limit']:.0f}%"
+
+    rows = []
+    for run in r["runs"]:
+        outcome = "stopped by the guard" if run["exit_code"] else f"{run['steps']} steps"
+        rows.append(
+            [
+                str(run["seed"]),
+                outcome,
+                f"{run['kl_max']:.2f} (step {run['kl_max_step']})",
+                f"{run['kl_last']:.2f}",
+                f"{run['response_len_first']:.1f} -> {run['response_len_last']:.1f}",
+                lengths(run["samples"]) if "samples" in run else "",
+            ]
+        )
+    first = r["runs"][0]
+    text = (
+        f"{source_line('text_long_responses', r)} `configs/text.py:nash_md` as it is (learning "
+        f"rate {first['learning_rate']:g}, {first['num_steps']} steps, tau {first['tau']:g}, "
+        f"beta {first['beta']:g}, responses up to {first['max_response_len']} tokens, guard "
+        f"`max_kl` {first['max_kl_limit']:g}) from an SFT run stopped after "
+        f"{r['sft_steps']} steps, whose samples are {lengths(r['sft_samples'])} (mean tokens / "
+        "cut at the limit), against the example's preference model. KL is the logged "
+        "`objective/kl` of every step (nats per response); response length is the logged "
+        "`objective/response_len` at the first and last step; samples: 4 per evaluation prompt "
+        f"at {first['max_response_len']} new tokens."
+    )
+    header = ["seed", "run", "largest KL", "last KL", "response length", "samples"]
+    return "\n".join([_paragraph(text), "", _table(header, rows)])

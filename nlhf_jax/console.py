@@ -96,3 +96,9 @@ def _tfds_chatter(show: bool) -> None:
     import tensorflow_datasets as tfds
 
     tfds.display_progress_bar(show)
+
+
+def fixed(x: float, digits: int = 3) -> str:
+    """``x`` to ``digits`` decimals, never "-0.000" (a tiny negative estimate rounds to 0): the
+    rule of every printed and rendered table."""
+    return f"{round(x, digits) + 0.0:.{digits}f}"

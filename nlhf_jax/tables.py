@@ -7,6 +7,8 @@ import re
 import textwrap
 from collections.abc import Callable
 
+from nlhf_jax.console import fixed
+
 # NAME -> render(results) -> markdown; NAME -> compact(results) -> the fields render reads.
 RENDERERS: dict[str, Callable[[dict], str]] = {}
 COMPACT: dict[str, Callable[[dict], dict]] = {}
@@ -117,8 +119,8 @@ def render_tabular(results: dict) -> str:
 
 
 def _num(x: float) -> str:
-    """3 decimals; an exact 0 as "0", a tiny negative estimate as "0.000" (never "-0.000")."""
-    return "0" if x == 0 else f"{round(x, 3) + 0.0:.3f}"
+    """3 decimals (``fixed``), an exact 0 as "0"."""
+    return "0" if x == 0 else fixed(x)
 
 
 @renderer("demo")
@@ -365,43 +367,3 @@ def render_sampled(name: str, r: dict) -> str:
 
 for _name in ("text_example", "text_host_judge"):
     renderer(_name)(lambda r, _name=_name: render_sampled(_name, r))
-
-
-# --- python benchmarks/text_long_responses.py -----------------------------------------------
-
-
-@renderer("text_long_responses")
-def render_text_long_responses(r: dict) -> str:
-    """One row per seed of Nash-MD at configs/text.py's defaults from an early-stopped SFT:
-    largest and last KL against the guard's limit, and the responses' lengths."""
-
-    def lengths(s: dict) -> str:
-        return f"{s['mean_tokens']:.1f} / {100 * s['at_limit']:.0f}%"
-
-    rows = []
-    for run in r["runs"]:
-        outcome = "stopped by the guard" if run["exit_code"] else f"{run['steps']} steps"
-        rows.append(
-            [
-                str(run["seed"]),
-                outcome,
-                f"{run['kl_max']:.2f} (step {run['kl_max_step']})",
-                f"{run['kl_last']:.2f}",
-                f"{run['response_len_first']:.1f} -> {run['response_len_last']:.1f}",
-                lengths(run["samples"]) if "samples" in run else "",
-            ]
-        )
-    first = r["runs"][0]
-    text = (
-        f"{source_line('text_long_responses', r)} `configs/text.py:nash_md` as it is (learning "
-        f"rate {first['learning_rate']:g}, {first['num_steps']} steps, tau {first['tau']:g}, "
-        f"beta {first['beta']:g}, responses up to {first['max_response_len']} tokens, guard "
-        f"`max_kl` {first['max_kl_limit']:g}) from an SFT run stopped after "
-        f"{r['sft_steps']} steps, whose samples are {lengths(r['sft_samples'])} (mean tokens / "
-        "cut at the limit), against the example's preference model. KL is the logged "
-        "`objective/kl` of every step (nats per response); response length is the logged "
-        "`objective/response_len` at the first and last step; samples: 4 per evaluation prompt "
-        "at 128 new tokens."
-    )
-    header = ["seed", "run", "largest KL", "last KL", "response length", "samples"]
-    return "\n".join([_paragraph(text), "", _table(header, rows)])

@@ -199,9 +199,9 @@ def test_figures_draw_each_tau_keep_legends_off_the_curves_and_label_the_colour_
 def test_small_things(tmp_path, capsys):
     import importlib
 
+    from nlhf_jax.console import fixed
     from nlhf_jax.data import readers
     from nlhf_jax.evaluate import seeds
-    from nlhf_jax.evaluate.report import fixed
 
     assert fixed(-0.00004) == "0.000" and fixed(0.1234) == "0.123"
     # The seeds table too: an SFT reference's KL to itself, a tiny negative estimate.

@@ -25,6 +25,7 @@ import numpy as np
 
 from nlhf_jax import judges, provenance
 from nlhf_jax.checkpoint import load_policy, policy_identity, run_tokenizer
+from nlhf_jax.console import fixed
 from nlhf_jax.data import ChatOptions
 from nlhf_jax.errors import UserError
 from nlhf_jax.evaluate import report
@@ -185,7 +186,7 @@ def _print(results: dict) -> None:
     print(f"\n{'method':<{width}}{'KL(pi||mu)':>20}{'tokens':>10}{'ended':>10}")
     for i, m in enumerate(methods):
         kl, se = results["kl_to_reference"][i], results["kl_to_reference_stderr"][i]
-        kl = f"{report.fixed(kl)}±{report.fixed(se)}"
+        kl = f"{fixed(kl)}±{fixed(se)}"
         print(
             f"{m:<{width}}{kl:>20}{results['mean_response_tokens'][i]:>10.1f}"
             f"{results['ended_with_eos'][i]:>10.2f}"

@@ -10,11 +10,6 @@ import numpy as np
 from nlhf_jax.errors import UserError
 
 
-def fixed(x: float, digits: int = 3) -> str:
-    """``x`` to ``digits`` decimals, never "-0.000" (a tiny negative estimate rounds to 0)."""
-    return f"{round(x, digits) + 0.0:.{digits}f}"
-
-
 def matrix_table(methods: list[str], M, title: str, stderr=None) -> str:
     """The win-rate matrix as text: row i, column j = P(method i beats method j)."""
     width = max(10, *(len(m) + 2 for m in methods))

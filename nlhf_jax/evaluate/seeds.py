@@ -19,8 +19,8 @@ import math
 
 import numpy as np
 
+from nlhf_jax.console import fixed
 from nlhf_jax.errors import MissingInput, UserError
-from nlhf_jax.evaluate.report import fixed
 
 # Top-level keys that hold a run's settings, not measurements: their numbers (tau, the task's
 # sizes) are kept when the seeds agree, never averaged.
