@@ -22,7 +22,6 @@ import pytest
 from flax import nnx
 
 from nlhf_jax import checkpoint
-from nlhf_jax.evaluate.on_prompts import evaluate_on_prompts
 from nlhf_jax.export import export_run
 from nlhf_jax.models import forward_full, hf
 from nlhf_jax.pipelines.text import stage_config
@@ -166,18 +165,11 @@ def test_online_runs_log_win_rates_and_texts(runs):
         assert all(r["prompt"].endswith(".") for r in rows)  # decoded task prompts
 
 
-def test_sampled_evaluation_on_a_prompts_file(files, runs, tmp_path):
-    ref = os.path.join(runs, "sft")
-    results = evaluate_on_prompts(
-        ref,
-        {"nash_md": os.path.join(runs, "nash_md"), "rlhf": os.path.join(runs, "rlhf")},
-        files["eval_prompts"],
-        [os.path.join(runs, "pm"), files["task"]],
-        str(tmp_path / "eval"),
-        samples=4,
-        max_new_tokens=12,
-        quiet=True,
-    )
+def test_sampled_evaluation_on_a_prompts_file(runs):
+    """The notebook's evaluate_on_prompts: sft, nash_md and rlhf on the eval prompts file, 4
+    samples a prompt, judged by the preference model and by the task's exact judge."""
+    with open(os.path.join(runs, "eval", "results.json")) as f:
+        results = json.load(f)
     assert results["methods"] == ["sft", "nash_md", "rlhf"]
     for judge in ("pm", "text_task"):
         M = np.array(results[f"win_rate/{judge}"])
@@ -186,7 +178,7 @@ def test_sampled_evaluation_on_a_prompts_file(files, runs, tmp_path):
         assert np.all(np.diag(S) == 0) and np.all(S[~np.eye(3, dtype=bool)] >= 0)
     # mu against itself: log mu - log mu over mu's own samples is exactly 0.
     assert results["kl_to_reference"][0] == pytest.approx(0.0, abs=1e-5)
-    assert os.path.exists(tmp_path / "eval" / "win_rate.png")
+    assert os.path.exists(os.path.join(runs, "eval", "win_rate.png"))
 
 
 def test_sample_cli_writes_text(files, runs, tmp_path):

@@ -62,7 +62,8 @@ class BatchOptions:
         turn, or an HH transcript's turns), with the generation prompt (`nlhf_jax.data.chat`).
       chat: the template's variables (a fixed date, Qwen3's thinking switch).
       num_threads: grain prefetch threads; the batches do not depend on it.
-      prefetch_buffer_size: elements grain prepares ahead.
+      prefetch_buffer_size: batches grain prepares ahead. A few cover a step; each one more is
+        work done again, or lost, whenever an iterator is made (every evaluation, a resume).
     """
 
     batch_size: int
@@ -79,7 +80,7 @@ class BatchOptions:
     chat_template: bool = False
     chat: ChatOptions = dataclasses.field(default_factory=ChatOptions)
     num_threads: int = 2
-    prefetch_buffer_size: int = 64
+    prefetch_buffer_size: int = 4
 
 
 class _Encode:

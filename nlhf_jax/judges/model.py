@@ -106,10 +106,10 @@ def load_run(
         )
     bottleneck = identity.get("bottleneck")  # RLP-UML's heads, kept in the checkpoint
     if method == "preference_model":
-        model = PreferenceModel(
+        make = lambda: PreferenceModel(
             cfg, sep_id=identity["sep_id"], bottleneck=bottleneck, rngs=nnx.Rngs(0)
         )
     else:
-        model = RewardModel(cfg, bottleneck=bottleneck, rngs=nnx.Rngs(0))
-    graphdef, like = nnx.split(model)
+        make = lambda: RewardModel(cfg, bottleneck=bottleneck, rngs=nnx.Rngs(0))
+    graphdef, like = nnx.split(nnx.eval_shape(make))  # shapes only: the weights are read
     return ModelJudge(graphdef, load_params(workdir, like), kind=method)

@@ -28,6 +28,11 @@ class _OnTheHost:
         return np.asarray(self._r(self.judge, *arrays))
 
 
+def _adam_mu(opt_state):
+    adam = jax.tree.leaves(opt_state, is_leaf=lambda x: hasattr(x, "mu"))
+    return next(x for x in adam if hasattr(x, "mu")).mu
+
+
 def _config(sft_run, judge):
     # test_online.py's RLHF config, so a session compiles its fused step once.
     config = base_config("rlhf")
@@ -41,7 +46,7 @@ def _config(sft_run, judge):
 def test_split_step_is_the_fused_step(sft_run, judge_runs, tmp_path, monkeypatch):
     """RLHF against a reward-model run, once fused and once with the judge (preference and
     reward) answered on the host: the rollout draws the fused step's pair (same key) and the
-    update gives the same parameters, to float32 rounding of the judge's separate program."""
+    update gives the same gradient, to float32 rounding of the judge's separate program."""
     config = _config(sft_run, judge_runs["reward_model"])
     load = online_trainer.load_judge
     out, hosts = {}, []
@@ -51,7 +56,7 @@ def test_split_step_is_the_fused_step(sft_run, judge_runs, tmp_path, monkeypatch
             monkeypatch.setattr(online_trainer, "load_judge", host_judge)
         trainer = methods.build(config, str(tmp_path / where))
         state, metrics = trainer.step(trainer.init_state(), next(trainer.data))
-        out[where] = jax.device_get((state.params, metrics))
+        out[where] = jax.device_get((_adam_mu(state.opt_state), metrics))
     (fused, m_fused), (host, m_host) = out["fused"], out["host"]
     assert "time/judge_s" in m_host and "time/judge_s" not in m_fused
     # The logged response length is the mean token count of y ~ pi, the pair's first response.
@@ -59,5 +64,8 @@ def test_split_step_is_the_fused_step(sft_run, judge_runs, tmp_path, monkeypatch
     assert m_host["objective/response_len"] == pytest.approx(y_mask.sum(-1).mean(), rel=1e-6)
     for key in m_fused:  # a different pair would move these by O(0.1)
         assert m_host[key] == pytest.approx(m_fused[key], rel=1e-5, abs=1e-6), key
+    # The gradient through Adam's first moment, (1 - b1) g after one step. Not the parameters:
+    # Adam's first step moves each one by lr g / (|g| + eps), so where |g| is near eps a float32
+    # rounding of g is 1e-4 of the step (seen: 2e-6 of lr = 1e-2 on one weight of 8,192).
     for a, b in zip(jax.tree.leaves(host), jax.tree.leaves(fused), strict=True):
-        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max())
