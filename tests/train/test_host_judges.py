@@ -9,6 +9,8 @@ from nlhf_jax.train import methods
 from nlhf_jax.train.defaults import base_config
 from nlhf_jax.train.online import trainer as online_trainer
 
+from .optimizer_state import adam_moments
+
 
 class _OnTheHost:
     """A jittable judge made a host one: called with NumPy arrays, answering NumPy arrays."""
@@ -26,11 +28,6 @@ class _OnTheHost:
 
     def reward(self, *arrays):
         return np.asarray(self._r(self.judge, *arrays))
-
-
-def _adam_mu(opt_state):
-    adam = jax.tree.leaves(opt_state, is_leaf=lambda x: hasattr(x, "mu"))
-    return next(x for x in adam if hasattr(x, "mu")).mu
 
 
 def _config(sft_run, judge):
@@ -56,7 +53,7 @@ def test_split_step_is_the_fused_step(sft_run, judge_runs, tmp_path, monkeypatch
             monkeypatch.setattr(online_trainer, "load_judge", host_judge)
         trainer = methods.build(config, str(tmp_path / where))
         state, metrics = trainer.step(trainer.init_state(), next(trainer.data))
-        out[where] = jax.device_get((_adam_mu(state.opt_state), metrics))
+        out[where] = jax.device_get((adam_moments(state).mu, metrics))
     (fused, m_fused), (host, m_host) = out["fused"], out["host"]
     assert "time/judge_s" in m_host and "time/judge_s" not in m_fused
     # The logged response length is the mean token count of y ~ pi, the pair's first response.

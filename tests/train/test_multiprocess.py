@@ -22,6 +22,8 @@ from nlhf_jax.checkpoint import Checkpoints, read_identity
 from nlhf_jax.train import loop, methods
 from nlhf_jax.train.defaults import base_config
 
+from .optimizer_state import adam_moments
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LR = 1e-2
 SETTINGS = {
@@ -98,14 +100,10 @@ def _assert_close(a, b):
     """Parameters to 0.1 lr, Adam's mu and sqrt(nu) to 1e-3 of each leaf's scale."""
     for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
         np.testing.assert_allclose(x, y, rtol=0, atol=0.1 * LR)
-    adam = lambda s: next(
-        x for x in jax.tree.leaves(s.opt_state, is_leaf=lambda x: hasattr(x, "mu"))
-        if hasattr(x, "mu")
-    )  # fmt: skip
     for name, f in (("mu", np.asarray), ("nu", np.sqrt)):
         leaves = zip(
-            jax.tree.leaves(getattr(adam(a), name)),
-            jax.tree.leaves(getattr(adam(b), name)),
+            jax.tree.leaves(getattr(adam_moments(a), name)),
+            jax.tree.leaves(getattr(adam_moments(b), name)),
             strict=True,
         )
         for x, y in leaves:

@@ -12,6 +12,8 @@ from nlhf_jax import losses
 from nlhf_jax.train import loop, methods, online
 from nlhf_jax.train.defaults import base_config
 
+from .optimizer_state import adam_moments
+
 
 def _config(sft_run, method, **kw):
     config = base_config(method)
@@ -219,11 +221,6 @@ def test_a_method_defined_in_a_test_trains_through_the_registry(sft_run, tmp_pat
         online.register(online.Method("bad", dict, pair=_vs_reference_pair, loss=_scaled_loss))
 
 
-def _adam_mu(state):
-    found = jax.tree.leaves(state.opt_state, is_leaf=lambda x: hasattr(x, "mu"))
-    return next(x for x in found if hasattr(x, "mu")).mu
-
-
 @pytest.mark.parametrize("method", ["nash_md", "rlhf"])
 def test_micro_batches_give_the_full_batch_update(sft_run, judge_runs, tmp_path, method):
     """The whole batch is sampled and judged once; its gradient taken 4 rows at a time equals
@@ -234,7 +231,7 @@ def test_micro_batches_give_the_full_batch_update(sft_run, judge_runs, tmp_path,
         config = _config(sft_run, method, micro_batch_size=micro, **kw)
         trainer = methods.build(config, str(tmp_path / f"m{micro}"))
         state, metrics = trainer.step(trainer.init_state(), next(trainer.data))
-        out[micro] = jax.device_get((_adam_mu(state), metrics))
+        out[micro] = jax.device_get((adam_moments(state).mu, metrics))
     (mu_full, m_full), (mu_micro, m_micro) = out[0], out[4]
     assert m_full["rewards/probabilities"] == m_micro["rewards/probabilities"]  # same samples
     assert m_micro["loss"] == pytest.approx(m_full["loss"], rel=1e-5, abs=1e-7)

@@ -12,6 +12,8 @@ from nlhf_jax.errors import UserError
 from nlhf_jax.train import memory, methods
 from nlhf_jax.train.defaults import base_config
 
+from .optimizer_state import adam_moments
+
 LR = 1e-2
 
 
@@ -43,12 +45,6 @@ def _leaves(tree):
     return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
 
 
-def _adam(state):
-    """The Adam moments of the optax chain's state."""
-    found = jax.tree.leaves(state.opt_state, is_leaf=lambda x: hasattr(x, "mu"))
-    return next(x for x in found if hasattr(x, "mu"))
-
-
 def _assert_same_step(single, sharded):
     (_, s1, m1), (_, s8, m8) = single, sharded
     for step, (one, mesh) in enumerate(zip(m1, m8, strict=True)):
@@ -62,7 +58,7 @@ def _assert_same_step(single, sharded):
     # A wrong collective (a missing or doubled all-reduce) is off by a factor. The parameters
     # to 0.1 lr: an Adam step moves an element by about lr * sign(g), and an element whose
     # gradient is ~1e-8 may take the other sign under another reduction order.
-    a1, a8 = _adam(s1), _adam(s8)
+    a1, a8 = adam_moments(s1), adam_moments(s8)
     assert int(a1.count) == int(a8.count) == 1
     for name, f in (("mu", np.asarray), ("nu", np.sqrt)):
         leaves = zip(_leaves(getattr(a1, name)), _leaves(getattr(a8, name)), strict=True)
@@ -72,7 +68,7 @@ def _assert_same_step(single, sharded):
     for a, b in zip(_leaves(s1.params), _leaves(s8.params), strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=0.1 * LR)
     # Not vacuous: the steps moved the moments away from zero.
-    assert max(np.abs(m).max() for m in _leaves(_adam(s1).mu)) > 0
+    assert max(np.abs(m).max() for m in _leaves(adam_moments(s1).mu)) > 0
 
 
 def _assert_next_step_keeps_shardings(sharded):
@@ -97,7 +93,7 @@ def test_supervised_steps_on_the_mesh_equal_one_device(method, sft_run, tmp_path
     single = _steps(_config(method, 1, **kw), str(tmp_path / "one"))
     sharded = _steps(_config(method, 8, **kw), str(tmp_path / "mesh"))
     _assert_sharded(sharded[1].params)
-    _assert_sharded(_adam(sharded[1]).mu)
+    _assert_sharded(adam_moments(sharded[1]).mu)
     _assert_same_step(single, sharded)
     _assert_next_step_keeps_shardings(sharded)
 
