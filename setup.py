@@ -23,6 +23,7 @@ setup(
         "tensorflow-datasets>=4.9.7",
         "importlib_resources",  # imported by tfds while building, not declared by it
         "safetensors>=0.5",
+        "gguf>=0.10",  # llama.cpp's GGUF reader (numpy only): GGUF checkpoints, dequantized
         "grain>=0.2.10",  # data pipelines with checkpointable iterator state
         "pyarrow>=14",  # Parquet preference files
         "absl-py>=2.0",  # ml_collections config flags of the python -m entry points

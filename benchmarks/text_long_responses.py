@@ -11,9 +11,10 @@ if missing) and its preference model (``configs/text_example.py:preference_model
 1. SFT with ``configs/text.py:sft`` stopped after ``--sft-steps`` steps: it has not yet learned
    to end its replies, so at ``data.max_response_len`` 128 (the text config's default) nearly
    every response it samples runs to the limit, the case in which a sequence-level KL is largest;
-2. Nash-MD from it with ``configs/text.py:nash_md`` unchanged (learning rate, steps, tau, beta,
-   guard) but for its inputs, once per seed, logging every step (``log_every=1``), so
-   ``metrics.jsonl`` holds every value of ``objective/kl`` the guard checked;
+2. Nash-MD from it with ``configs/text.py:nash_md`` unchanged (steps, tau, beta, guard) but for
+   its inputs and the learning rate 1e-4 (the config's default when this was recorded), once
+   per seed, logging every step (``log_every=1``), so ``metrics.jsonl`` holds every value of
+   ``objective/kl`` the guard checked;
 3. 4 samples per evaluation prompt from both policies at 128 new tokens
    (``python -m nlhf_jax.sample``).
 
@@ -35,6 +36,9 @@ import numpy as np
 from nlhf_jax import provenance
 
 DATA = "data/text"  # the example's files, as configs/text_example.py names them
+# The text config's rates when this was recorded; its checkpoint is random, not pretrained, so
+# the pretrained start's defaults (nlhf_jax.train.defaults.resolve) do not apply to it.
+SFT_LR, NASH_MD_LR = 3e-3, 1e-4
 MAX_RESPONSE_LEN = 128  # configs/text.py's data.max_response_len (nlhf_jax.train.defaults)
 
 
@@ -91,6 +95,7 @@ def _nash_md(args, seed: int) -> dict:
         f"--config.data.eval_prompts_file={DATA}/eval_prompts.jsonl",
         f"--config.seed={seed}",
         "--config.log_every=1",
+        f"--config.optimizer.learning_rate={NASH_MD_LR}",
     )
     config = json.load(open(os.path.join(workdir, "config.json"), encoding="utf-8"))
     rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
@@ -143,6 +148,7 @@ def main() -> None:
         f"--config.model.hf_checkpoint={DATA}/checkpoint",
         f"--config.data.train_file={DATA}/demos.jsonl",
         f"--config.num_steps={args.sft_steps}",
+        f"--config.optimizer.learning_rate={SFT_LR}",
     )
     seeds = [int(s) for s in args.seeds.split(",")]
     result = {

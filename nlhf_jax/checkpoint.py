@@ -267,7 +267,8 @@ def transformer_config(fields: dict) -> TransformerConfig:
 
 @dataclasses.dataclass
 class PolicyRun:
-    """A trained policy: its run's identity, model config, split model and latest parameters."""
+    """A trained policy (or a pretrained checkpoint, ``is_checkpoint``): its run's identity,
+    model config, split model and latest parameters."""
 
     name: str
     workdir: str
@@ -281,9 +282,48 @@ class PolicyRun:
         return nnx.merge(self.graphdef, self.params)
 
 
+# The ``method`` of a pretrained checkpoint's identity (``policy_identity``).
+CHECKPOINT_METHOD = "checkpoint"
+
+
+def is_checkpoint(path: str) -> bool:
+    """Whether ``path`` is a pretrained checkpoint rather than a run: a GGUF file, or a Hugging
+    Face directory (config.json and no run.json)."""
+    from nlhf_jax.models import gguf_file
+
+    if gguf_file.is_gguf(path):
+        return True
+    return (
+        os.path.isdir(path)
+        and not os.path.exists(os.path.join(path, RUN_FILE))
+        and os.path.exists(os.path.join(path, "config.json"))
+    )
+
+
+def _checkpoint_config(path: str) -> TransformerConfig:
+    from nlhf_jax.models import hf
+
+    return hf.model_config(path)
+
+
 def policy_identity(name: str, workdir: str) -> dict:
     """The run.json of a policy run (SFT or an online method); raises naming the run if the
-    directory is not a run, or holds a judge."""
+    directory is not a run, or holds a judge.
+
+    A pretrained checkpoint (``is_checkpoint``: a GGUF file or a Hugging Face directory) is a
+    policy too: its identity is ``{"method": "checkpoint", "checkpoint": PATH, "model": ...,
+    "chat_template": whether its tokenizer has one}``.
+    """
+    if is_checkpoint(workdir):
+        from nlhf_jax.models.tokenizer import load_tokenizer
+
+        return {
+            "method": CHECKPOINT_METHOD,
+            "checkpoint": os.path.abspath(workdir),
+            "model": dataclasses.asdict(_checkpoint_config(workdir)),
+            # An instruct model's prompts go through its chat template, as a run records.
+            "chat_template": bool(getattr(load_tokenizer(workdir), "chat_template", None)),
+        }
     try:
         identity = read_identity(workdir)
     except MissingInput as e:
@@ -305,6 +345,14 @@ def load_policy(workdir: str, name: str = "policy", step: int | None = None) -> 
     as a plain model: what sampling, evaluation, export and a later run use.
     """
     identity = policy_identity(name, workdir)
+    if identity["method"] == CHECKPOINT_METHOD:
+        from nlhf_jax.models import hf
+        from nlhf_jax.parallel import on_host
+
+        with on_host():
+            model = hf.load_pretrained(workdir)
+        graphdef, params = nnx.split(model)
+        return PolicyRun(name, workdir, identity, model.config, graphdef, params)
     config = transformer_config(identity["model"])
     if config.lora is not None:
         return _load_lora_policy(workdir, name, identity, config, step)
@@ -357,10 +405,14 @@ def save_tokenizer(tokenizer, workdir: str) -> None:
 
 
 def run_tokenizer(workdir: str):
-    """The tokenizer a text run kept (``save_tokenizer``), or None for a synthetic-task run."""
+    """The tokenizer a text run kept (``save_tokenizer``), or a checkpoint's own
+    (``is_checkpoint``), or None for a synthetic-task run."""
+    from nlhf_jax.models.tokenizer import load_tokenizer
+
+    if is_checkpoint(workdir):
+        return load_tokenizer(workdir)
     path = os.path.join(workdir, TOKENIZER_DIR)
     if not os.path.isdir(path):
         return None
-    from nlhf_jax.models.tokenizer import load_tokenizer
 
     return load_tokenizer(path)

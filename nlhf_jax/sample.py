@@ -118,7 +118,11 @@ def main(argv: list[str] | None = None) -> None:
         description="Decode a trained policy's responses.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--run", required=True, help="a policy run's workdir")
+    parser.add_argument(
+        "--run",
+        required=True,
+        help="a policy run's workdir, a Hugging Face checkpoint directory or a GGUF file",
+    )
     parser.add_argument("--prompts", help="JSONL/Parquet with a 'prompt' field")
     parser.add_argument("--out", required=True, help="the JSONL file to write")
     parser.add_argument("--num-samples", type=int, default=1, help="responses per prompt")

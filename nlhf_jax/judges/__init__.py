@@ -45,6 +45,7 @@ from typing import Any, Protocol, runtime_checkable
 import jax
 import jax.numpy as jnp
 
+from nlhf_jax import checkpoint
 from nlhf_jax.errors import MissingInput, UserError
 from nlhf_jax.judges.function import is_function_spec, load_function
 from nlhf_jax.judges.model import JUDGE_METHODS, ModelJudge, load_run
@@ -95,12 +96,9 @@ def is_model(judge: Any) -> bool:
 
 
 def is_checkpoint_dir(spec: str) -> bool:
-    """Whether ``spec`` is a Hugging Face checkpoint directory (config.json, no run.json)."""
-    return (
-        os.path.isdir(spec)
-        and not os.path.exists(os.path.join(spec, "run.json"))
-        and os.path.exists(os.path.join(spec, "config.json"))
-    )
+    """Whether ``spec`` is a pretrained checkpoint: a Hugging Face directory (config.json, no
+    run.json) or a GGUF file (a causal LM)."""
+    return checkpoint.is_checkpoint(spec)
 
 
 def is_function(spec: str) -> bool:
@@ -130,7 +128,8 @@ def load(
 
     Args:
       spec: "oracle", a judge run's workdir, a Hugging Face checkpoint directory (a sequence
-        classifier or a causal LM), ``module:function``, or a text task's ``task.json``.
+        classifier or a causal LM) or a GGUF file (a causal LM), ``module:function``, or a
+        text task's ``task.json``.
       task: the synthetic task the judged responses come from, or None (text).
       tokenizer: the policies' tokenizer (host judges decode with it; a checkpoint judge
         compares its own with it).

@@ -1,6 +1,7 @@
 """Load and save Llama/Qwen2/Qwen3 checkpoints in the Hugging Face layout (config.json +
-safetensors): causal LMs (`load_pretrained`, `save_pretrained`) and one-label sequence
-classifiers as reward models (`load_reward_model`).
+safetensors, or a GGUF file read as one: `nlhf_jax.models.gguf_file`): causal LMs
+(`load_pretrained`, `save_pretrained`) and one-label sequence classifiers as reward models
+(`load_reward_model`).
 
 transformers 5 has no Flax models, so weights are read and written with `safetensors` and mapped
 to our parameter tree here; `transformers.AutoConfig` reads the config. A directory written by
@@ -22,6 +23,7 @@ import transformers
 from flax import nnx
 
 from nlhf_jax.errors import MissingInput, UserError
+from nlhf_jax.models import gguf_file
 from nlhf_jax.models.config import RopeScaling, TransformerConfig
 from nlhf_jax.models.preference import RewardModel
 from nlhf_jax.models.transformer import Transformer
@@ -34,6 +36,8 @@ _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
 def _read_config_json(path: str) -> dict:
+    if gguf_file.is_gguf(path):
+        return gguf_file.config_dict(path)
     config_file = os.path.join(path, "config.json")
     if not os.path.isfile(config_file):
         raise MissingInput(f"no config.json in checkpoint directory: {config_file}")
@@ -221,6 +225,9 @@ class _TensorReader:
 
 
 def _hf_config(path: str, dtype: str, param_dtype: str):
+    if gguf_file.is_gguf(path):
+        hf_config = gguf_file.hf_config(path)
+        return hf_config, config_from_hf(hf_config, dtype=dtype, param_dtype=param_dtype)
     _read_config_json(path)
     # Weights only from safetensors (a pickle-based .bin/.pt beside them is never read) and no
     # code from the directory (trust_remote_code off).
@@ -273,11 +280,11 @@ def _refuse_unused(path: str, reader: _TensorReader, used: set[str], what: str) 
 def load_pretrained(
     path: str, *, dtype: str = "float32", param_dtype: str = "float32"
 ) -> Transformer:
-    """Loads a Llama/Qwen2 checkpoint directory into a `Transformer`.
+    """Loads a Llama/Qwen2/Qwen3 checkpoint into a `Transformer`.
 
     Args:
       path: directory with config.json and model.safetensors (or model.safetensors.index.json
-        and its shards).
+        and its shards), or a GGUF file (`nlhf_jax.models.gguf_file`: dequantized).
       dtype: compute dtype of the returned model.
       param_dtype: dtype the weights are cast to.
 
@@ -287,7 +294,7 @@ def load_pretrained(
         whose shape differs from what config.json implies (named, with both shapes).
     """
     hf_config, config = _hf_config(path, dtype, param_dtype)
-    reader = _TensorReader(path)
+    reader = gguf_file.Tensors(path) if gguf_file.is_gguf(path) else _TensorReader(path)
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))))
     pure = nnx.to_pure_dict(abstract)
     used = _fill(path, config, reader, pure)
@@ -299,9 +306,15 @@ def load_pretrained(
     return nnx.merge(graphdef, abstract)
 
 
+def model_config(path: str, *, dtype: str = "float32", param_dtype: str = "float32"):
+    """The `TransformerConfig` of a checkpoint directory or GGUF file, without its weights."""
+    return _hf_config(path, dtype, param_dtype)[1]
+
+
 def read_config(path: str) -> dict:
-    """A checkpoint directory's config.json, as a dict; raises naming the file if it is missing
-    or its ``model_type`` is not one of ``SUPPORTED``."""
+    """A checkpoint directory's config.json (or a GGUF file's metadata in its fields), as a
+    dict; raises naming the file if it is missing or its ``model_type`` is not one of
+    ``SUPPORTED``."""
     return _read_config_json(path)
 
 

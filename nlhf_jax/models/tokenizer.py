@@ -76,23 +76,34 @@ def load_tokenizer(path: str, vocab_size: int | None = None) -> PreTrainedTokeni
     """Loads a tokenizer from a local directory and checks it fits the model.
 
     Args:
-      path: directory holding a tokenizer saved by transformers (no hub download is attempted).
+      path: directory holding a tokenizer saved by transformers (no hub download is attempted),
+        or a GGUF file (its metadata's tokenizer and chat template).
       vocab_size: the model's embedding rows; if given, every token id must be below it.
 
     Raises:
       FileNotFoundError: if `path` is not a directory.
       ValueError: if the tokenizer has more tokens than the model's `vocab_size` (both named).
     """
-    if not os.path.isdir(path):
+    from nlhf_jax.models import gguf_file
+
+    if gguf_file.is_gguf(path):
+        tokenizer = gguf_file.load_tokenizer(path)
+    elif not os.path.isdir(path):
         raise MissingInput(f"tokenizer directory not found: {path}")
-    # Never code from disk: a tokenizer_config.json that names custom classes (auto_map) is
-    # not imported; the fast tokenizer's JSON is data.
-    tokenizer = transformers.AutoTokenizer.from_pretrained(
-        path, local_files_only=True, trust_remote_code=False
-    )
+    else:
+        tokenizer = _from_directory(path)
     if vocab_size is not None and len(tokenizer) > vocab_size:
         raise UserError(
             f"tokenizer at {path} has {len(tokenizer)} tokens (ids up to {len(tokenizer) - 1}), "
             f"more than the model's vocab_size={vocab_size}"
         )
+    return tokenizer
+
+
+def _from_directory(path: str) -> PreTrainedTokenizerBase:
+    # Never code from disk: a tokenizer_config.json that names custom classes (auto_map) is
+    # not imported; the fast tokenizer's JSON is data.
+    tokenizer = transformers.AutoTokenizer.from_pretrained(
+        path, local_files_only=True, trust_remote_code=False
+    )
     return tokenizer

@@ -10,7 +10,7 @@ import ml_collections
 
 from nlhf_jax.checkpoint import latest_step
 from nlhf_jax.train import loop, methods, settings
-from nlhf_jax.train.defaults import base_config, common_config
+from nlhf_jax.train.defaults import base_config, common_config, resolve
 from nlhf_jax.train.guard import DivergenceGuard
 
 # Keys every stage takes from the pipeline's config (where the stage has them).
@@ -56,6 +56,7 @@ def run_stage(label: str, config, stage_dir: str, quiet: bool, allow_changes: bo
     if (latest_step(stage_dir) or 0) >= config.num_steps:
         print(f"== {label}: finished earlier in {stage_dir}", flush=True)
         return
+    resolve(config)
     settings.record(stage_dir, config, allow_changes)
     print(f"== {label} ({config.method}, {config.num_steps} steps) -> {stage_dir}", flush=True)
     t0 = time.time()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from nlhf_jax.train.defaults import base_config
+from nlhf_jax.train.defaults import FRESH_LEARNING_RATE, base_config
 
 
 def stage_config(
@@ -31,11 +31,10 @@ def stage_config(
     elif stage in ("preference_model", "reward_model"):
         c.num_steps = 600
         c.eval_every = 200
-    else:  # an online method, from an SFT run
+    else:  # an online method, from an SFT run or a pretrained checkpoint
         c.judge = ""
         c.num_steps = 200
         c.eval_every = 50
-        c.optimizer.learning_rate = 1e-4
         if stage == "rlhf":
             c.tau = 0.4  # on the reward's scale: see nlhf_jax.train.online.rlhf
     if data is not None:
@@ -45,9 +44,13 @@ def stage_config(
 
 def _example(c, stage: str, data: str, runs: str) -> None:
     """The built-in text example's paths and lengths (its prompts fit 32 tokens, its replies
-    16)."""
+    16). Its checkpoint is a random tiny Qwen2, not a pretrained model: its stages train at a
+    fresh model's rates, without rematerialization (``defaults.resolve`` would give a
+    pretrained start's)."""
     c.data.max_prompt_len = 32
     c.data.max_response_len = 16
+    c.optimizer.learning_rate = FRESH_LEARNING_RATE
+    c.model.remat = "none"
     if stage == "sft":
         c.model.hf_checkpoint = f"{data}/checkpoint"
         c.data.train_file = f"{data}/demos.jsonl"

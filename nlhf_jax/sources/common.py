@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 
 from nlhf_jax import data
-from nlhf_jax.checkpoint import TOKENIZER_DIR
+from nlhf_jax.checkpoint import TOKENIZER_DIR, is_checkpoint
 from nlhf_jax.errors import UserError
 from nlhf_jax.tasks.synthetic import SyntheticTask
 
@@ -78,7 +78,9 @@ def tokenizer(config: ml_collections.ConfigDict, vocab_size: int | None = None):
 
     path = config.data.tokenizer or config.model.hf_checkpoint
     if not path and config.get("init_from"):
-        path = os.path.join(config.init_from, TOKENIZER_DIR)
+        path = config.init_from
+        if not is_checkpoint(path):  # a run keeps its tokenizer beside its checkpoints
+            path = os.path.join(path, TOKENIZER_DIR)
     if not path:
         raise UserError(
             "no tokenizer: set config.data.tokenizer to a tokenizer directory, or "

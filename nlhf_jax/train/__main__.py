@@ -40,7 +40,7 @@ from nlhf_jax.console import quiet_libraries
 from nlhf_jax.errors import UserError, exit_on_user_error
 from nlhf_jax.pipelines import PIPELINES
 from nlhf_jax.pipelines.configs import demo_config
-from nlhf_jax.train import loop, methods, settings
+from nlhf_jax.train import defaults, loop, methods, settings
 from nlhf_jax.train.guard import DivergenceGuard
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file.", lock_config=True)
@@ -132,12 +132,15 @@ def _parse_flags(argv: list[str]) -> list[str]:
     sys.exit(2)
 
 
-def _print_config(config) -> None:
-    """Every key with its value, and the file's default where an override changed it."""
-    defaults = settings.flatten(_defaults())
+def _print_config(config, resolved: dict[str, str]) -> None:
+    """Every key with its value, and the file's default where an override changed it; a key
+    whose default depends on where the run starts (``defaults.resolve``) says which applied."""
+    original = settings.flatten(_defaults())
     for key, value in settings.flatten(config).items():
-        default = defaults.get(key, value)
+        default = original.get(key, value)
         note = "" if default == value else f"   (default: {default!r})"
+        if key in resolved:
+            note = f"   ({resolved[key]})"
         print(f"{key} = {value!r}{note}")
 
 
@@ -169,9 +172,13 @@ def _build(config, workdir: str) -> loop.Trainer:
 def _train() -> None:
     parallel.maybe_initialize_distributed()  # several processes: jax.distributed, before all
     config = _CONFIG.value if _CONFIG.value is not None else demo_config()
+    resolved = defaults.resolve(config)
     if _PRINT_CONFIG.value:
-        _print_config(config)
+        _print_config(config, resolved)
         return
+    flat = settings.flatten(config)
+    for key, why in resolved.items():
+        _say(f"{key} = {flat[key]!r}: {why}")
     settings.validate(config)
     pipeline = config.get("pipeline")
     if pipeline:

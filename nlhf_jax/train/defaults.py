@@ -71,8 +71,9 @@ def common_config() -> ml_collections.ConfigDict:
             param_dtype="",
             # How, not what (any value gives the same model; TransformerConfig's docstring):
             # "einsum" (the reference) or "dot_product" (jax.nn.dot_product_attention); remat
-            # per block: "none", "full" or "dots". Empty: the preset's (einsum, none). Online
-            # runs inherit the SFT run's model and take these (and dtype) when they are set.
+            # per block: "none", "full" or "dots". Empty: the preset's (einsum, none), or
+            # remat "full" for a pretrained start (``resolve``). Online runs inherit the SFT
+            # run's model and take these (and dtype) when they are set.
             attention="",
             remat="",
         )
@@ -84,8 +85,10 @@ def common_config() -> ml_collections.ConfigDict:
     c.lora = ml_collections.ConfigDict(
         dict(rank=0, alpha=16.0, targets="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")
     )
+    # learning_rate 0.0: the default for where the run starts (``resolve``): a fresh model's
+    # FRESH_LEARNING_RATE, a pretrained one's PRETRAINED_LEARNING_RATES.
     c.optimizer = ml_collections.ConfigDict(
-        dict(learning_rate=3e-3, warmup_steps=20, weight_decay=0.0, max_grad_norm=1.0)
+        dict(learning_rate=0.0, warmup_steps=20, weight_decay=0.0, max_grad_norm=1.0)
     )
     c.task = ml_collections.ConfigDict(
         dict(
@@ -177,3 +180,81 @@ def base_config(method: str) -> ml_collections.ConfigDict:
                 raise ValueError(f"{method}: hyperparameter {field.name!r} shadows a config key")
             c[field.name] = field.default
     return c
+
+
+# A fresh (randomly initialized) model's learning rate: the synthetic task's and the text
+# example's small models train at it.
+FRESH_LEARNING_RATE = 3e-3
+# A pretrained start's, full fine-tuning: TRL 1.13's documented config defaults (SFTConfig 2e-5,
+# RewardConfig 1e-4; OnlineDPOConfig 5e-7, which its NashMDConfig and XPOConfig inherit).
+PRETRAINED_LEARNING_RATES = {"sft": 2e-5, "preference_model": 1e-4, "reward_model": 1e-4}
+PRETRAINED_ONLINE_LEARNING_RATE = 5e-7
+# LoRA's learning rate is this many times full fine-tuning's ("LoRA Without Regret", Schulman
+# and Thinking Machines Lab, 2025: the optimal LoRA rate was about 10x the full one across
+# models and datasets).
+LORA_LEARNING_RATE_SCALE = 10.0
+# A pretrained start's rematerialization: every block recomputed in the backward pass (a
+# SmolLM2-135M preference model at batch 8 peaked at 16.1 GB without it; docs/real.md).
+PRETRAINED_REMAT = "full"
+
+
+def _recorded_config(run: str) -> dict | None:
+    import json
+    import os
+
+    path = os.path.join(run, "config.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def pretrained_start(config: ml_collections.ConfigDict) -> str:
+    """What pretrained model the run starts from (a path), or "" for a fresh model: its
+    ``model.hf_checkpoint``, or an ``init_from`` checkpoint, or the pretrained start of the
+    ``init_from`` run (its recorded config.json, followed back)."""
+    from nlhf_jax.checkpoint import is_checkpoint
+
+    if config.model.get("hf_checkpoint"):
+        return config.model.hf_checkpoint
+    run, seen = config.get("init_from") or "", set()
+    while run and run not in seen:
+        if is_checkpoint(run):
+            return run
+        seen.add(run)
+        recorded = _recorded_config(run)
+        if recorded is None:
+            return ""
+        if (recorded.get("model") or {}).get("hf_checkpoint"):
+            return recorded["model"]["hf_checkpoint"]
+        run = recorded.get("init_from") or ""
+    return ""
+
+
+def resolve(config: ml_collections.ConfigDict) -> dict[str, str]:
+    """Fills the keys whose default depends on where the run starts, in place, and returns
+    ``{key: why}`` for the keys filled: ``optimizer.learning_rate`` when 0.0 and
+    ``model.remat`` when empty. A fresh model: ``FRESH_LEARNING_RATE``, the preset's remat. A
+    pretrained one (``pretrained_start``): ``PRETRAINED_LEARNING_RATES`` (times
+    ``LORA_LEARNING_RATE_SCALE`` with LoRA) and ``PRETRAINED_REMAT``. Keys the user set are
+    left as they are."""
+    if "method" not in config or "optimizer" not in config:
+        return {}
+    start = pretrained_start(config)
+    notes = {}
+    with config.unlocked():
+        if not config.optimizer.learning_rate:
+            if not start:
+                lr, why = FRESH_LEARNING_RATE, "a fresh model"
+            else:
+                lr = PRETRAINED_LEARNING_RATES.get(config.method, PRETRAINED_ONLINE_LEARNING_RATE)
+                why = f"a pretrained start ({start}), TRL's default for {config.method}"
+                if config.get("lora") is not None and config.lora.rank:
+                    lr *= LORA_LEARNING_RATE_SCALE
+                    why += f", x{LORA_LEARNING_RATE_SCALE:g} for LoRA"
+            config.optimizer.learning_rate = lr
+            notes["optimizer.learning_rate"] = f"the default for {why}"
+        if start and not config.model.get("remat"):
+            config.model.remat = PRETRAINED_REMAT
+            notes["model.remat"] = "the default for a pretrained start"
+    return notes

@@ -133,7 +133,8 @@ def build_online(config: ml_collections.ConfigDict, workdir: str) -> Trainer:
     method = get(config.method)
     if not config.init_from:
         raise UserError(
-            "config.init_from is empty: name the SFT run's workdir (the reference policy)"
+            "config.init_from is empty: name the start and reference policy: an SFT run's "
+            "workdir, a Hugging Face checkpoint directory or a GGUF file"
         )
     sft = load_policy(config.init_from, "init_from")
     tokenizer = None
