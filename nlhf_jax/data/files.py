@@ -32,7 +32,7 @@ class DataError(UserError):
     """A malformed input row; the message starts with `file:row:field`."""
 
     def __init__(self, path: str, row: int | str, field: str, message: str):
-        self.path, self.row, self.field = path, row, field
+        self.path, self.row, self.field, self.message = path, row, field, message
         super().__init__(f"{path}:{row}:{field}: {message}")
 
 

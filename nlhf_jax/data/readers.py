@@ -54,6 +54,10 @@ __all__ = [
 ]
 
 
+# What a refused row's message ends with: the key that skips such rows instead.
+SKIP_HINT = " (--config.data.on_error=skip skips such rows and counts them)"
+
+
 def _read(
     path: str,
     layout: str | None,
@@ -79,8 +83,10 @@ def _read(
             layout = row_layout  # the first row with a layout fixes it for the whole file
             record = normalize(row, layout, path, row_no)
         except DataError as e:
-            if on_error != "skip":
-                raise
+            if (
+                on_error != "skip"
+            ):  # the way past it, for data as published (HH-RLHF's empty replies)
+                raise DataError(e.path, e.row, e.field, e.message + SKIP_HINT) from None
             skipped.add(e)
             continue
         yield record

@@ -176,9 +176,10 @@ def _train() -> None:
     if _PRINT_CONFIG.value:
         _print_config(config, resolved)
         return
-    flat = settings.flatten(config)
-    for key, why in resolved.items():
-        _say(f"{key} = {flat[key]!r}: {why}")
+    if defaults.pretrained_start(config):  # defaults unlike a fresh model's: say which
+        flat = settings.flatten(config)
+        for key, why in resolved.items():
+            _say(f"{key} = {flat[key]!r}: {why}")
     settings.validate(config)
     pipeline = config.get("pipeline")
     if pipeline:

@@ -41,12 +41,15 @@ def write_jsonl(path, rows):
 
 def test_hh_transcripts_split_at_the_last_assistant_turn(tmp_path):
     path = write_jsonl(tmp_path / "hh.jsonl", HH_ROWS)
-    with pytest.raises(data.DataError, match=rf"^{path}:3:rejected: its prompt .* differs"):
+    with pytest.raises(data.DataError, match=rf"^{path}:3:rejected: its prompt .* differs") as e:
         list(readers.read_pairs(path))
+    # The error names the way past it (HH-RLHF as published has such rows).
+    assert str(e.value).endswith("(--config.data.on_error=skip skips such rows and counts them)")
     skipped = data.SkippedRows()
     pairs = list(readers.read_pairs(path, on_error="skip", skipped=skipped))
     assert skipped.count == 2
     assert skipped.messages[1].startswith(f"{path}:4:chosen: empty final response")
+    assert "on_error" not in skipped.messages[1]  # a skipped row's count says what was skipped
     # As published: the prompt ends with the last "\n\nAssistant:", the response keeps its space.
     first, second = pairs
     assert first["prompt"] == "\n\nHuman: What is rain?\n\nAssistant:"
