@@ -286,3 +286,81 @@ def render_text_long_responses(r: dict) -> str:
     )
     header = ["seed", "run", "largest KL", "last KL", "response length", "samples"]
     return "\n".join([_paragraph(text), "", _table(header, rows)])
+
+
+# --- gguf_smollm2: python benchmarks/gguf_real.py -> runs/benchmarks/gguf_smollm2.json ---------
+
+
+@renderer("gguf_smollm2")
+def render_gguf_smollm2(r: dict) -> str:
+    """``python benchmarks/gguf_real.py``: a real GGUF through our loader and transformers'."""
+    c = r["config"]
+    text = (
+        f"{source_line('gguf_smollm2', r)} `{r['gguf']}` ({c['num_layers']} layers, d "
+        f"{c['d_model']}, vocabulary {c['vocab_size']:,}), {r['prompts']} chat prompts rendered "
+        f"with the file's template, up to {r['new_tokens']} greedy tokens each (ours: the "
+        "KV-cached `PolicySampler`; transformers: `generate(do_sample=False)`), both stopping "
+        "at EOS."
+    )
+    rows = [
+        ["tokenizer ids equal to transformers'", "yes" if r["tokenizer_ids_equal"] else "no"],
+        [
+            "largest logit difference (float32)",
+            f"{r['max_abs_logit_difference']:.1e} (largest logit {r['max_abs_logit']:.1f})",
+        ],
+        ["argmax agreement on the prompts", f"{r['argmax_agreement']:.0%}"],
+        ["greedy responses token for token equal", f"{r['greedy_equal']} of {r['prompts']}"],
+        [
+            "load time, ours / transformers'",
+            f"{r['load_seconds']['ours']:.1f} s / {r['load_seconds']['transformers']:.1f} s",
+        ],
+    ]
+    samples = [[x["prompt"], x["ours"].replace("\n", " ")[:160]] for x in r["rows"][:3]]
+    return "\n".join(
+        [
+            _paragraph(text),
+            "",
+            _table(["check", "result"], rows),
+            "",
+            _table(["prompt", "greedy response (ours; the first 160 characters)"], samples),
+        ]
+    )
+
+
+# --- real_size_smollm2: python benchmarks/real_size.py --checkpoint SmolLM2 ... --append -------
+
+
+@renderer("real_size_smollm2")
+def render_real_size_smollm2(r: dict) -> str:
+    """Each stage of a real checkpoint at the shapes it was measured, remat none beside full."""
+    gib = 2**30
+    names = {"sft": "SFT", "pm": "preference model", "nash": "Nash-MD-PG, full",
+             "nash_lora": "Nash-MD-PG, LoRA"}  # fmt: skip
+    rows = []
+    for x in sorted(r["rows"], key=lambda x: (list(names).index(x["stage"]), x["remat"])):
+        if x["stage"] == "pm":
+            shape = f"{x['batch']} x ({x['prompt']} + 2 x {x['response'] // 2})"
+        elif x["stage"] == "sft":
+            shape = f"{x['batch']} x ({x['prompt']} + {x['response']})"
+        else:
+            shape = f"{x['batch']} x ({x['prompt']} + {x['response']} new)"
+        rank = f" (rank {x['lora_rank']})" if x.get("lora_rank") else ""
+        frac = x.get("fraction_of_peak")
+        rows.append([
+            names[x["stage"]] + rank, shape, x["remat"], f"{x['peak_rss_bytes'] / gib:.2f}",
+            f"{x['seconds_per_step']:.1f}", "n/a" if frac is None else f"{frac:.2f}",
+        ])  # fmt: skip
+    first = r["rows"][0]
+    text = " ".join([
+        f"{source_line('real_size_smollm2', r)} `python benchmarks/real_size.py --checkpoint",
+        f"{r['shape']} --stages STAGE --remat full,none --append` at each stage's shape",
+        f"({first['parameters']:,} parameters, float32, random token batches): each row in a",
+        "process of its own; peak RSS is the process's high-water mark (loading and compiling",
+        "included); s/step: the median of the steps after the first; FLOP rate: the step's model",
+        "FLOPs counted from its shapes over its time, against a jitted float32 matmul of the",
+        "step's largest shapes in the same process. Nash-MD-PG's judge is a 2-layer preference",
+        "model (under 1% of the step). The recomputation of remat full is not counted as model",
+        "FLOPs.",
+    ])  # fmt: skip
+    header = ["stage", "batch x tokens", "remat", "peak RSS GiB", "s/step", "of peak FLOP/s"]
+    return f"{_paragraph(text)}\n\n{_table(header, rows)}"

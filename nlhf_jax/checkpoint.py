@@ -288,16 +288,20 @@ CHECKPOINT_METHOD = "checkpoint"
 
 def is_checkpoint(path: str) -> bool:
     """Whether ``path`` is a pretrained checkpoint rather than a run: a GGUF file, or a Hugging
-    Face directory (config.json and no run.json)."""
+    Face directory (a config.json with a ``model_type``, and no run.json; a run's workdir
+    holds a config.json of its settings, and a run.json once it has started)."""
     from nlhf_jax.models import gguf_file
 
     if gguf_file.is_gguf(path):
         return True
-    return (
-        os.path.isdir(path)
-        and not os.path.exists(os.path.join(path, RUN_FILE))
-        and os.path.exists(os.path.join(path, "config.json"))
-    )
+    config = os.path.join(path, "config.json")
+    if not os.path.isfile(config) or os.path.exists(os.path.join(path, RUN_FILE)):
+        return False
+    try:
+        with open(config) as f:
+            return "model_type" in json.load(f)
+    except (OSError, ValueError):
+        return True  # unreadable: loading it as a checkpoint names the file and the problem
 
 
 def _checkpoint_config(path: str) -> TransformerConfig:

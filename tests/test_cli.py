@@ -145,6 +145,13 @@ def test_help_exits_0_and_print_config_shows_every_key():
     lines = out.stdout.splitlines()
     assert "beta = 0.5   (default: 0.125)" in lines
     assert "optimizer.learning_rate = 0.001" in lines and "judge = 'oracle'" in lines
+    # A default that depends on the start says which one applied.
+    out = _train("--config", "configs/sft.py", "--print_config",
+                 "--config.model.hf_checkpoint=some/model.gguf", check=0)  # fmt: skip
+    lines = out.stdout.splitlines()
+    assert "model.remat = 'full'   (the default for a pretrained start)" in lines
+    rate = next(line for line in lines if line.startswith("optimizer.learning_rate = "))
+    assert rate.startswith("optimizer.learning_rate = 2e-05   (the default for a pretrained start")
 
 
 def test_the_guard_names_the_key_and_tells_the_truth_about_checkpoints():

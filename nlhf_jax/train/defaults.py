@@ -194,7 +194,8 @@ PRETRAINED_ONLINE_LEARNING_RATE = 5e-7
 # models and datasets).
 LORA_LEARNING_RATE_SCALE = 10.0
 # A pretrained start's rematerialization: every block recomputed in the backward pass (a
-# SmolLM2-135M preference model at batch 8 peaked at 16.1 GB without it; docs/real.md).
+# SmolLM2-135M preference model at batch 8 peaks at 15.6 GiB without it, 4.6 GiB with it;
+# docs/pretrained.md).
 PRETRAINED_REMAT = "full"
 
 
