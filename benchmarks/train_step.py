@@ -219,19 +219,21 @@ def bench_decode(config, graphdef, state, ref_state, args, peak_bw):
     return rows
 
 
-def bench_nash(config, graphdef, state, args, peak_flops):
+def bench_nash(config, graphdef, state, args, peak_flops, judge=None):
     """The online trainer's own sharded step (``nlhf_jax.train.online.compile_online``) for
-    Nash-MD-PG, on one device."""
+    Nash-MD-PG, on one device; ``judge`` (default: a random preference model of the policy's
+    shape) is a jittable judge, e.g. a reward checkpoint's ``ModelJudge``."""
     run = base_config("nash_md")
     run.mesh.num_devices = 1
-    judge_model = PreferenceModel(config, sep_id=1, rngs=nnx.Rngs(2))
-    # Heads start at zero (an indifferent judge); a random head makes P(y > y') vary.
-    judge_model.head.w.set_value(jax.random.normal(jax.random.key(3), (config.d_model,)))
-    judge = ModelJudge(*nnx.split(judge_model))
+    if judge is None:
+        judge_model = PreferenceModel(config, sep_id=1, rngs=nnx.Rngs(2))
+        # Heads start at zero (an indifferent judge); a random head makes P(y > y') vary.
+        judge_model.head.w.set_value(jax.random.normal(jax.random.key(3), (config.d_model,)))
+        judge = ModelJudge(*nnx.split(judge_model))
     n = matmul_params(config, state)
     n_judge = matmul_params(config.replace(tie_embeddings=True), judge.state)
     print(
-        f"\n[nash] Nash-MD-PG step (beta {run.beta}, tau {run.tau}); judge: a preference model "
+        f"\n[nash] Nash-MD-PG step (beta {run.beta}, tau {run.tau}); judge: a {judge.kind} "
         "of the same shape. FLOPs = 7 forwards over b x (P+n) (pi's sample, the mixture's 2, "
         "mu's scores, pi's forward + backward) + the judge's over 2b x (P+2n+1)"
     )
@@ -265,7 +267,11 @@ def bench_nash(config, graphdef, state, args, peak_flops):
             # 1 + 2 sampling passes (pi; pi and mu for the mixture), 1 for the reference's
             # scores of y, 3 for the policy's forward + backward; the judge packs both orders.
             flops = 7 * forward_flops(config, n, b * seq, seq)
-            flops += forward_flops(config, n_judge, 2 * b * (seq + new + 1), seq + new + 1)
+            if getattr(judge, "kind", "") == "reward_model":  # [x, y] and [x, y'], no LM head
+                untied = n_judge - config.vocab_size * config.d_model
+                flops += forward_flops(config, untied, 2 * b * seq, seq)
+            else:  # a preference model packs both orders of [x, y, SEP, y']
+                flops += forward_flops(config, n_judge, 2 * b * (seq + new + 1), seq + new + 1)
             rows.append(
                 dict(
                     batch=b,

