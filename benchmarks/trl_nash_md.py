@@ -198,6 +198,8 @@ def bench_trl(config, new: int, args, tokenizer, prompts) -> dict:
 
         def on_step_end(self, *_, **__):
             times.append(time.perf_counter() - self.start)
+            # As it happens: a run stopped early still says how long its steps took.
+            print(f"[trl] step {len(times)}: {times[-1]:.1f} s", flush=True)
 
     with tempfile.TemporaryDirectory() as out_dir:
         trl_args = NashMDConfig(

@@ -352,3 +352,27 @@ def test_online_method_starts_from_a_gguf(written, tmp_path, monkeypatch):
     assert trainer.tokenizer.eos_token == "<|im_end|>"
     state, metrics = trainer.step(state, next(trainer.data))
     assert np.isfinite(float(metrics["loss"]))
+
+
+def test_evaluate_takes_a_gguf_as_the_reference(written, tmp_path, monkeypatch):
+    """``python -m nlhf_jax.evaluate --reference FILE.gguf``: the file is the reference policy
+    (its tokenizer, its chat template), named by its kind, at KL 0 from itself."""
+    from nlhf_jax.evaluate.on_prompts import evaluate_on_prompts
+
+    arch, _, plain, _ = written
+    if arch != "llama":
+        pytest.skip("one family is enough for the evaluation")
+    (tmp_path / "judge_eval.py").write_text(
+        "import numpy as np\n"
+        "def longer(prompts, a, b):\n"
+        "    return np.array([0.5 + 0.4 * np.sign(len(x) - len(y)) for x, y in zip(a, b)])\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in TEXTS))
+    results = evaluate_on_prompts(
+        plain, {}, str(prompts), ["judge_eval:longer"], samples=2, max_new_tokens=4, quiet=True
+    )
+    assert results["methods"] == ["checkpoint"] and results["judges"] == ["longer"]
+    assert abs(results["kl_to_reference"][0]) < 1e-5
+    assert results["config"]["reference"] == plain and len(results["examples"]) == len(TEXTS)
