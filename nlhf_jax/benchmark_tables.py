@@ -173,16 +173,6 @@ def _load(r: dict) -> str:
 @renderer("benchmark_trl_nash_md")
 def render_benchmark_trl_nash_md(r: dict) -> str:
     """``python benchmarks/trl_nash_md.py``: our Nash-MD-PG step and TRL's, examples/s."""
-    return _trl_nash_md("benchmark_trl_nash_md", r)
-
-
-@renderer("benchmark_trl_nash_md_smollm2")
-def render_benchmark_trl_nash_md_smollm2(r: dict) -> str:
-    """``python benchmarks/trl_nash_md.py --checkpoint SmolLM2...``: the same on real weights."""
-    return _trl_nash_md("benchmark_trl_nash_md_smollm2", r)
-
-
-def _trl_nash_md(name: str, r: dict) -> str:
     s = r["settings"]
     rows = [
         [str(x["new_tokens"]), f"{x['ours_examples_per_s']:.2f}", f"{x['trl_examples_per_s']:.3f}",
@@ -191,22 +181,12 @@ def _trl_nash_md(name: str, r: dict) -> str:
         for x in r["rows"]
     ]  # fmt: skip
     text = (
-        f"{source_line(name, r)} `python benchmarks/trl_nash_md.py --new "
+        f"{source_line('benchmark_trl_nash_md', r)} `python benchmarks/trl_nash_md.py --new "
         f"{','.join(map(str, s['new']))} --steps {s['steps']} --warmup {s['warmup']} "
         f"--torch-threads {s['torch_threads']}`: `{s['preset']}` shape, batch {s['batch']}, "
         f"prompt {s['prompt']}; the median of {s['steps']} timed steps after {s['warmup']} "
         f"untimed.{_load(r)}"
     )
-    if s.get("checkpoint"):
-        text = (
-            f"{source_line(name, r)} `python benchmarks/trl_nash_md.py --checkpoint "
-            f"{s['preset']} --batch {s['batch']} --prompt {s['prompt']} --new "
-            f"{','.join(map(str, s['new']))} --steps {s['steps']} --warmup {s['warmup']} "
-            f"--torch-threads {s['torch_threads']}`: both sides on the checkpoint's weights "
-            "(float32), one judge for both (a `LlamaForSequenceClassification` on its backbone, "
-            f"a random head); the median of {s['steps']} timed steps after {s['warmup']} "
-            f"untimed.{_load(r)}"
-        )
     header = ["new tokens", "ours examples/s", "TRL examples/s", "ours / TRL",
               "ours mixture s", "TRL mixture s", "mixture ratio"]  # fmt: skip
     return f"{_paragraph(text)}\n\n{_table(header, rows)}"

@@ -47,7 +47,6 @@ SOURCES = {
     "text_long_responses": "benchmarks/text_long_responses.json",
     "gguf_smollm2": "benchmarks/gguf_smollm2.json",
     "real_size_smollm2": "benchmarks/real_size_smollm2.json",
-    "benchmark_trl_nash_md_smollm2": "benchmarks/trl_nash_md_smollm2.json",
 }
 # A table rendered from another table's results file: NAME -> that file's NAME.
 FILE_OF = {"demo_rlp": "demo", "reproduce_rlp": "reproduce", "reproduce_pairs": "reproduce"}
