@@ -304,12 +304,6 @@ def is_checkpoint(path: str) -> bool:
         return True  # unreadable: loading it as a checkpoint names the file and the problem
 
 
-def _checkpoint_config(path: str) -> TransformerConfig:
-    from nlhf_jax.models import hf
-
-    return hf.model_config(path)
-
-
 def policy_identity(name: str, workdir: str) -> dict:
     """The run.json of a policy run (SFT or an online method); raises naming the run if the
     directory is not a run, or holds a judge.
@@ -319,12 +313,13 @@ def policy_identity(name: str, workdir: str) -> dict:
     "chat_template": whether its tokenizer has one}``.
     """
     if is_checkpoint(workdir):
+        from nlhf_jax.models import hf
         from nlhf_jax.models.tokenizer import load_tokenizer
 
         return {
             "method": CHECKPOINT_METHOD,
             "checkpoint": os.path.abspath(workdir),
-            "model": dataclasses.asdict(_checkpoint_config(workdir)),
+            "model": dataclasses.asdict(hf.model_config(workdir)),
             # An instruct model's prompts go through its chat template, as a run records.
             "chat_template": bool(getattr(load_tokenizer(workdir), "chat_template", None)),
         }

@@ -123,9 +123,8 @@ def config_dict(path: str) -> dict:
     arch = _architecture(path)
     reader = _reader(path)
     get = lambda key, default=None: _field(path, f"{arch}.{key}", default)
-    if "rope_freqs.weight" in {t.name for t in reader.tensors} or get(
-        "rope.scaling.type", "none"
-    ) not in ("none",):
+    names = {t.name for t in reader.tensors}
+    if "rope_freqs.weight" in names or get("rope.scaling.type", "none") != "none":
         raise UserError(
             f"{path}: RoPE scaling (rope_freqs.weight or {arch}.rope.scaling.type) in a GGUF "
             "is not supported; use the Hugging Face checkpoint directory"
@@ -133,8 +132,7 @@ def config_dict(path: str) -> dict:
     num_heads = int(get("attention.head_count"))
     d = int(get("embedding_length"))
     head_dim = int(get("attention.key_length", d // num_heads))
-    vocab = int(get("vocab_size", len(_reader(path).fields["tokenizer.ggml.tokens"].data)))
-    names = {t.name for t in reader.tensors}
+    vocab = int(get("vocab_size", len(reader.fields["tokenizer.ggml.tokens"].data)))
     hf = {
         "model_type": arch,
         "architectures": [ARCHITECTURES[arch]],

@@ -205,6 +205,24 @@ def _logits(model, tokens: np.ndarray) -> np.ndarray:
 TOKENS = np.random.default_rng(0).integers(0, 320, size=(2, 12))
 
 
+def _prompts_file(tmp_path, texts):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts))
+    return path
+
+
+@pytest.fixture
+def length_judge(tmp_path, monkeypatch) -> str:
+    """A host judge, ``module:function``, that prefers the longer response (written here)."""
+    (tmp_path / "judge_mod.py").write_text(
+        "import numpy as np\n"
+        "def longer(prompts, a, b):\n"
+        "    return np.array([0.5 + 0.4 * np.sign(len(x) - len(y)) for x, y in zip(a, b)])\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "judge_mod:longer"
+
+
 def test_float32_gguf_is_the_model_written(written):
     """The round trip: the model llama.cpp's layout encodes (permuted q/k, GGUF names, a tied
     head left out) is the one written, as our loader and transformers read it."""
@@ -263,8 +281,7 @@ def test_a_gguf_is_a_policy_sampled_as_transformers_generates(written, tmp_path)
     from nlhf_jax.sample import sample_run
 
     arch, _, _, quant = written
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in TEXTS))
+    prompts = _prompts_file(tmp_path, TEXTS)
     rows = sample_run(
         quant,
         str(tmp_path / "out.jsonl"),
@@ -314,7 +331,7 @@ def test_bad_gguf_is_one_line(tmp_path):
         hf.load_pretrained(other)
 
 
-def test_online_method_starts_from_a_gguf(written, tmp_path, monkeypatch):
+def test_online_method_starts_from_a_gguf(written, tmp_path, length_judge):
     """Nash-MD with ``init_from`` a GGUF file: no SFT run; its start and reference are the file's
     weights, its tokenizer the file's, and the pretrained start's defaults apply."""
     from nlhf_jax.train import defaults, methods
@@ -322,16 +339,9 @@ def test_online_method_starts_from_a_gguf(written, tmp_path, monkeypatch):
     arch, _, plain, _ = written
     if arch != "llama":
         pytest.skip("one family is enough for the trainer")
-    (tmp_path / "judge_mod.py").write_text(
-        "import numpy as np\n"
-        "def longer(prompts, a, b):\n"
-        "    return np.array([0.5 + 0.4 * np.sign(len(x) - len(y)) for x, y in zip(a, b)])\n"
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in TEXTS * 4))
+    prompts = _prompts_file(tmp_path, TEXTS * 4)
     config = defaults.base_config("nash_md")
-    config.init_from, config.judge = plain, "judge_mod:longer"
+    config.init_from, config.judge = plain, length_judge
     config.data.source, config.data.prompts_file = "file", str(prompts)
     config.data.max_prompt_len, config.data.max_response_len = 32, 6
     config.batch_size, config.mesh.num_devices = 4, 1
@@ -354,7 +364,7 @@ def test_online_method_starts_from_a_gguf(written, tmp_path, monkeypatch):
     assert np.isfinite(float(metrics["loss"]))
 
 
-def test_evaluate_takes_a_gguf_as_the_reference(written, tmp_path, monkeypatch):
+def test_evaluate_takes_a_gguf_as_the_reference(written, tmp_path, length_judge):
     """``python -m nlhf_jax.evaluate --reference FILE.gguf``: the file is the reference policy
     (its tokenizer, its chat template), named by its kind, at KL 0 from itself."""
     from nlhf_jax.evaluate.on_prompts import evaluate_on_prompts
@@ -362,16 +372,9 @@ def test_evaluate_takes_a_gguf_as_the_reference(written, tmp_path, monkeypatch):
     arch, _, plain, _ = written
     if arch != "llama":
         pytest.skip("one family is enough for the evaluation")
-    (tmp_path / "judge_eval.py").write_text(
-        "import numpy as np\n"
-        "def longer(prompts, a, b):\n"
-        "    return np.array([0.5 + 0.4 * np.sign(len(x) - len(y)) for x, y in zip(a, b)])\n"
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in TEXTS))
+    prompts = _prompts_file(tmp_path, TEXTS)
     results = evaluate_on_prompts(
-        plain, {}, str(prompts), ["judge_eval:longer"], samples=2, max_new_tokens=4, quiet=True
+        plain, {}, str(prompts), [length_judge], samples=2, max_new_tokens=4, quiet=True
     )
     assert results["methods"] == ["checkpoint"] and results["judges"] == ["longer"]
     assert abs(results["kl_to_reference"][0]) < 1e-5
