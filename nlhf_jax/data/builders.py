@@ -95,11 +95,12 @@ def _split_files(files: Files) -> dict[str, list[str]]:
 
 
 def input_fingerprint(files: dict[str, list[str]]) -> dict[str, list[list[Any]]]:
-    """Path, size and mtime of every input file (a dataset directory: of each of its files): a
-    reused dataset must come from the same files."""
+    """Path, size and mtime of every input file (a dataset directory: of each of its files), and
+    the row range a path names: a reused dataset must come from the same rows of the same files."""
     return {
         split: [
             [os.path.abspath(f), os.path.getsize(f), os.path.getmtime(f)]
+            + ([data_files.row_range(p)[1]] if data_files.row_range(p)[1] else [])
             for p in paths
             for f in data_files.input_files(p)
         ]

@@ -6,7 +6,11 @@ A *data path* is one of:
   * a directory written by `datasets.Dataset.save_to_disk` (`state.json` and Arrow files) or
     `DatasetDict.save_to_disk` (`dataset_dict.json`; its `train` split, or name the split's
     subdirectory), read with pyarrow alone: neither the `datasets` library nor the hub is used;
-  * a directory of Parquet files (a hub snapshot's `data/`), read in name order.
+  * a directory of Parquet files (a hub snapshot's `data/`), read in name order;
+  * any of these with a row range, as tfds slices splits: `pairs.jsonl[:40%]`,
+    `pairs.jsonl[40%:80%]`, `data/[100:356]` (positions among the rows, from 0; a percentage is
+    of the row count, rounded down, so `[:50%]` and `[50%:]` part the rows exactly). Rows keep
+    their file's numbers in errors.
 
 Every malformed row becomes a `DataError` whose message starts with `file:row:field`; with
 `on_error="skip"` a reader drops it and counts it in a `SkippedRows` instead.
@@ -16,9 +20,11 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import itertools
 import json
 import os
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 from nlhf_jax.errors import MissingInput, UserError
@@ -106,12 +112,48 @@ def _hf_dataset_dir(path: str) -> str:
     return path
 
 
+_ROW_RANGE = re.compile(r"^(?P<path>.+)\[(?P<start>\d*%?):(?P<stop>\d*%?)\]$")
+
+
+def row_range(path: str) -> tuple[str, str]:
+    """A data path without its row range, and the range (``"[a:b]"``, or "" for all rows).
+
+    A path that exists as written is never taken for a range (a file named ``x[1:2]``)."""
+    match = _ROW_RANGE.match(path)
+    if match is None or os.path.exists(path):
+        return path, ""
+    return match["path"], path[len(match["path"]) :]
+
+
+def _bounds(path: str, spec: str, count: Callable[[], int]) -> tuple[int, int | None]:
+    """A row range's [start, stop) positions; a percentage counts the rows first."""
+    start, stop = spec[1:-1].split(":")
+    rows = count() if start.endswith("%") or stop.endswith("%") else None
+
+    def position(text: str, default: int | None) -> int | None:
+        if not text:
+            return default
+        if not text.endswith("%"):
+            return int(text)
+        percent = int(text[:-1])
+        if percent > 100:
+            raise UserError(f"{path}{spec}: {text} is more than all the rows")
+        return rows * percent // 100
+
+    first, last = position(start, 0), position(stop, None)
+    if last is not None and last <= first:
+        raise UserError(f"{path}{spec}: the range holds no rows (it ends where it starts)")
+    return first, last
+
+
 def data_files(path: str) -> tuple[str, list[str]]:
-    """The format (`jsonl`, `parquet` or `arrow`) of a data path and the files holding its rows.
+    """The format (`jsonl`, `parquet` or `arrow`) of a data path and the files holding its rows
+    (a row range is dropped: `iter_rows` applies it).
 
     Raises:
       MissingInput: the path does not exist, or a directory holds no dataset.
     """
+    path = row_range(path)[0]
     if not os.path.exists(path):
         raise MissingInput(f"{path}: no such file")
     if os.path.isdir(path):
@@ -141,9 +183,19 @@ def input_files(path: str) -> list[str]:
     return files
 
 
-def iter_rows(path: str) -> Iterator[tuple[int, dict[str, Any] | DataError]]:
-    """Yields (row number, row dict or DataError) from any data path (module docstring)."""
+def _iter_all(path: str) -> Iterator[tuple[int, dict[str, Any] | DataError]]:
     kind, files = data_files(path)
     if kind == "jsonl":
         return _iter_jsonl(files[0])
     return _iter_parquet(files) if kind == "parquet" else _iter_arrow(files)
+
+
+def iter_rows(path: str) -> Iterator[tuple[int, dict[str, Any] | DataError]]:
+    """Yields (row number, row dict or DataError) from any data path (module docstring), only
+    the rows of its range if it names one."""
+    path, spec = row_range(path)
+    rows = _iter_all(path)
+    if not spec:
+        return rows
+    first, last = _bounds(path, spec, lambda: sum(1 for _ in _iter_all(path)))
+    return itertools.islice(rows, first, last)

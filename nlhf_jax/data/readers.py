@@ -16,7 +16,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from nlhf_jax.data import layouts
-from nlhf_jax.data.files import DataError, OnError, SkippedRows, data_files, iter_rows
+from nlhf_jax.data.files import (
+    DataError,
+    OnError,
+    SkippedRows,
+    data_files,
+    iter_rows,
+    row_range,
+)
 from nlhf_jax.data.layouts import (
     CHOSEN_REJECTED,
     DEMO_LAYOUTS,
@@ -71,7 +78,9 @@ def _read(
         raise ValueError('on_error="skip" needs a SkippedRows to count into')
     if layout is not None and layout not in known:
         raise ValueError(f"unknown layout {layout!r}; expected one of {known}")
-    for row_no, row in iter_rows(path):
+    rows = iter_rows(path)
+    path = row_range(path)[0]  # errors and sources name the file and its own row numbers
+    for row_no, row in rows:
         try:
             if isinstance(row, DataError):
                 raise row

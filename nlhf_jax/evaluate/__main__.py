@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--max-new-tokens", type=int, default=64, help="with --prompts: response length limit"
     )
+    parser.add_argument(
+        "--max-prompt-len", type=int, default=256, help="with --prompts: prompts keep their end"
+    )
     parser.add_argument("--out", help="directory for results.json and the figures")
     parser.add_argument(
         "--tau", type=float, help="KL weight of the game (default: the runs' if recorded, else 0.1)"
@@ -107,6 +110,7 @@ def main(argv: list[str] | None = None) -> None:
                 args.out,
                 samples=args.samples,
                 max_new_tokens=args.max_new_tokens,
+                max_prompt_len=args.max_prompt_len,
                 seed=args.seed,
                 judge_dtype=args.judge_dtype,
                 judge_template=args.judge_template,

@@ -9,6 +9,7 @@ import pytest
 
 from nlhf_jax import data
 from nlhf_jax.data import readers
+from nlhf_jax.errors import UserError
 
 _TWO_TURNS = "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Name a colour.\n\nAssistant:"
 # HH-like rows: a one-turn and a two-turn dialogue, then the two faults the published test
@@ -154,3 +155,39 @@ def test_hugging_face_datasets_on_disk_and_their_parquet_export(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(data.readers.MissingInput, match="without a dataset"):
         list(readers.read_pairs(str(tmp_path / "empty")))
+
+
+def test_row_ranges_part_a_file_and_keep_its_row_numbers(tmp_path):
+    rows = [{"prompt": f"Question {i}?", "chosen": "Yes.", "rejected": "No."} for i in range(7)]
+    path = write_jsonl(tmp_path / "pairs.jsonl", rows)
+
+    def sources(spec):
+        return [r["source"] for r in readers.read_pairs(path + spec)]
+
+    every = sources("")
+    halves = sources("[:50%]"), sources("[50%:]")
+    assert halves[0] + halves[1] == every and len(halves[0]) == 3  # 7 * 50 // 100
+    assert sources("[2:4]") == [f"{path}:3", f"{path}:4"]  # positions from 0, lines from 1
+    assert sources("[5:]") == every[5:] and sources("[:100%]") == every
+    table = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    table.write_table(pa.Table.from_pylist(rows), str(tmp_path / "pairs.parquet"))
+    got = list(readers.read_pairs(str(tmp_path / "pairs.parquet[40%:60%]")))
+    assert [r["prompt"] for r in got] == ["Question 2?", "Question 3?"]  # rows 2 and 3 of 7
+    for spec, why in (("[3:3]", "holds no rows"), ("[:150%]", "more than all the rows")):
+        with pytest.raises(UserError, match=why):
+            list(readers.read_pairs(path + spec))
+    with pytest.raises(data.readers.MissingInput, match=r"nope\.jsonl: no such file"):
+        list(readers.read_pairs(str(tmp_path / "nope.jsonl[:50%]")))
+    # A file whose name ends like a range is read as named.
+    literal = write_jsonl(tmp_path / "odd[0:1]", rows[:2])
+    assert len(list(readers.read_pairs(literal))) == 2
+
+
+def test_a_row_range_is_part_of_a_built_dataset_name(tmp_path):
+    from nlhf_jax.data import builders
+
+    path = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "Q?", "chosen": "a", "rejected": "b"}])
+    names = {builders.files_dataset_name({"train": path + s}) for s in ("", "[:50%]", "[50%:]")}
+    assert len(names) == 3
