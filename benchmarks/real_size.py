@@ -205,6 +205,7 @@ def _one(args) -> dict:
             sft._sft_loss,
             batch_spec=DEMONSTRATIONS,
         )
+        del model, params  # as in the trainer: the state holds the only copy once started
         batch = {
             "prompt": np.asarray(_tokens(1, (b, p), vocab), np.int32),
             "prompt_mask": ones((b, p)),
@@ -226,6 +227,7 @@ def _one(args) -> dict:
         compiled = compile_step(
             config, graphdef, params, initial.optimizer(config), loss_fn, batch_spec=PAIRS
         )
+        del pm, params
         half = r // 2
         batch = {
             "prompt": np.asarray(_tokens(1, (b, p), vocab), np.int32),
