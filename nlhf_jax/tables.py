@@ -74,7 +74,12 @@ def _compact_tabular(r: dict) -> dict:
         "residual": r["residual"],
         "checkpoints": ts,
         "algorithms": {
-            name: {"description": a["description"], "kl": at(a["kl"]), "gap": at(a["gap"])}
+            name: {
+                "description": a["description"],
+                "kl": at(a["kl"]),
+                "gap": at(a["gap"]),
+                **({"gap0": at(a["gap0"])} if "gap0" in a else {}),
+            }
             for name, a in r["algorithms"].items()
         },
         "nash_md_bound": at(r["nash_md_bound"]),
@@ -99,7 +104,8 @@ def render_tabular(results: dict) -> str:
         f"game={cfg['game']} n={r['n']} tau={cfg['tau']} contexts={cfg['contexts']} "
         f"mu={cfg['mu']} steps={cfg['steps']}; max fixed-point residual of `pi*`: "
         f"{r['residual']:.1e}. Columns T: the mean over contexts of `KL(pi* || pi_T)`; gap(T): the "
-        "duality gap of pi_T in the tau-regularized game."
+        "duality gap of pi_T in the tau-regularized game; gap0(T): in the unregularized game "
+        "(its NE: the LP's)."
     )
     bounds = {
         "nash_md": ("bound", r["nash_md_bound"], "8/(tau^2 (T+1)), Theorem 1"),
@@ -107,11 +113,12 @@ def render_tabular(results: dict) -> str:
     }
     rows = []
     for name, a in r["algorithms"].items():
-        rows.append([name, *map(_sci, a["kl"]), _sci(a["gap"][-1]), a["description"]])
+        gap0 = _sci(a["gap0"][-1]) if "gap0" in a else "n/a"
+        rows.append([name, *map(_sci, a["kl"]), _sci(a["gap"][-1]), gap0, a["description"]])
         if name in bounds:
             label, values, description = bounds[name]
-            rows.append([f"{name} {label}", *map(_sci, values), "", description])
-    header = ["algorithm", *(f"T={t}" for t in ts), "gap(T)", "description"]
+            rows.append([f"{name} {label}", *map(_sci, values), "", "", description])
+    header = ["algorithm", *(f"T={t}" for t in ts), "gap(T)", "gap0(T)", "description"]
     return f"{_paragraph(source_line('tabular', r) + ' ' + head)}\n\n{_table(header, rows)}"
 
 

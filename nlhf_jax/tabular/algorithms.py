@@ -169,3 +169,102 @@ def ipo_md(P, mu, tau, num_steps: int, beta=0.125, lr=0.05, pi0=None) -> Array:
 def online_ipo(P, mu, tau, num_steps: int, lr=0.05, pi0=None) -> Array:
     """Online IPO: :func:`ipo_md` with pairs from the policy itself (beta = 0)."""
     return ipo_md(P, mu, tau, num_steps, beta=0.0, lr=lr, pi0=pi0)
+
+
+# --- the methods published since the seeds (docs/algorithms.md sections 9-13) ---------------
+
+
+@functools.partial(jax.jit, static_argnames=("num_steps", "magnet_every"))
+def magnetic(P, mu, tau, num_steps: int, eta=1.0, magnet_every: int = 0, pi0=None) -> Array:
+    """MPO's exact form (arXiv 2410.16714): magnetic mirror descent in self-play,
+    ``log pi' = (log pi + eta tau log m + eta P pi) / (1 + eta tau) + c``, pulled toward the
+    magnet ``m`` (at first ``mu``). ``magnet_every = K > 0`` moves the magnet to the current
+    policy every K steps (MPO's schedule): each stretch of K steps approaches the NE of the game
+    regularized toward the last magnet, and the magnets approach the NE of the unregularized
+    game. ``magnet_every = 0`` keeps ``m = mu``: linear last-iterate convergence to the
+    tau-regularized NE (magnetic mirror descent, Sokota et al. 2023)."""
+
+    def step(t, carry):
+        logpi, log_m = carry
+        new = jax.nn.log_softmax(
+            (logpi + eta * tau * log_m + eta * P @ jnp.exp(logpi)) / (1.0 + eta * tau)
+        )
+        if magnet_every:
+            log_m = jnp.where((t + 1) % magnet_every == 0, new, log_m)
+        return new, log_m
+
+    return _carried(step, (_start(mu, pi0), jnp.log(mu)), num_steps)
+
+
+@functools.partial(jax.jit, static_argnames="num_steps")
+def optimistic(P, mu, tau, num_steps: int, eta=0.5, pi0=None) -> Array:
+    """Optimistic online mirror descent on the tau-regularized game: ONPO's exact form (arXiv
+    2502.16852) for tau > 0, optimistic multiplicative weights (OMWU, arXiv 2512.24818) for
+    tau = 0. The payoff is extrapolated from the last two iterates:
+    ``log pi' = (1 - eta tau) log pi + eta tau log mu + eta (2 P pi_t - P pi_{t-1}) + c``
+    (``pi_{-1} = pi_0``). ONPO claims an O(1/T) duality gap for the average iterate; OMWU a
+    linear last-iterate rate to the unregularized NE."""
+    log_mu = jnp.log(mu)
+
+    def step(t, carry):
+        logpi, prev = carry
+        a = eta * tau
+        payoff = 2.0 * P @ jnp.exp(logpi) - P @ jnp.exp(prev)
+        return jax.nn.log_softmax((1.0 - a) * logpi + a * log_mu + eta * payoff), logpi
+
+    start = _start(mu, pi0)
+    return _carried(step, (start, start), num_steps)
+
+
+@functools.partial(jax.jit, static_argnames=("num_steps", "reset_every"))
+def comal(P, mu, tau, num_steps: int, reset_every: int = 50, eta=None, pi0=None) -> Array:
+    """COMAL (arXiv 2410.23223): a conceptual proximal-point outer loop. Each round runs
+    ``reset_every`` INPO steps (:func:`inpo`, step ``1/eta``) on the game regularized toward
+    the round's reference, then resets the reference to the last iterate. Rounds solved exactly
+    are the proximal point method on the unregularized game, whose iterates converge to its NE
+    (not the tau-regularized one). ``eta=None`` is ``10 tau``: at INPO's own ``3 tau`` the
+    rounds oscillate once the reference nears a partial-support NE (tests/tabular)."""
+    eta = 10.0 * tau if eta is None else eta
+    r = tau / eta
+
+    def step(t, carry):
+        logpi, log_ref = carry
+        new = jax.nn.log_softmax(r * log_ref + (1.0 - r) * logpi + P @ jnp.exp(logpi) / eta)
+        return new, jnp.where((t + 1) % reset_every == 0, new, log_ref)
+
+    return _carried(step, (_start(mu, pi0), jnp.log(mu)), num_steps)
+
+
+@functools.partial(jax.jit, static_argnames="num_steps")
+def mnpo(P, mu, tau, num_steps: int, weights=(1.0,), eta=None, pi0=None) -> Array:
+    """MNPO (arXiv 2509.23102): INPO against a population of the last ``len(weights)`` iterates
+    with weights ``lambda_j`` (summing to 1, the most recent first). The exact minimizer of its
+    squared loss, as :func:`inpo`'s, is ``log pi' = r log mu + (1 - r) sum_j lambda_j
+    log pi_{t-j} + P sum_j lambda_j pi_{t-j} / eta + c`` with ``r = tau / eta`` (``eta`` default
+    ``3 tau``); iterates before the start are the start. One weight is INPO; the fixed point is
+    the tau-regularized NE for any weights."""
+    eta = 3.0 * tau if eta is None else eta
+    r = tau / eta
+    lam = jnp.asarray(weights, dtype=mu.dtype)
+    log_mu = jnp.log(mu)
+
+    def step(t, past):  # past[j] = log pi_{t-j}
+        mixed_log = jnp.tensordot(lam, past, 1)
+        opponent = jnp.tensordot(lam, jnp.exp(past), 1)
+        new = jax.nn.log_softmax(r * log_mu + (1.0 - r) * mixed_log + P @ opponent / eta)
+        return jnp.concatenate([new[None], past[:-1]], 0)
+
+    start = _start(mu, pi0)
+    return _carried(step, jnp.broadcast_to(start, (lam.shape[0], *start.shape)), num_steps)
+
+
+def _carried(step, carry0, num_steps: int) -> Array:
+    """Runs ``carry <- step(t, carry)`` for t = 0..num_steps-1, where ``carry[0]`` is the log
+    policy (the rest: what the method remembers); returns ``exp`` of every ``carry[0]``."""
+
+    def body(carry, t):
+        carry = step(t, carry)
+        return carry, carry[0]
+
+    _, logpis = jax.lax.scan(body, carry0, jnp.arange(num_steps))
+    return jnp.exp(jnp.concatenate([carry0[0][None], logpis], 0))

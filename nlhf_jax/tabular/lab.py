@@ -73,6 +73,7 @@ def algorithm_table(cfg: LabConfig):
     pg = lambda P, mu, key: sampled.nash_md_pg(
         P, mu, tau, T, key, beta=b, lr=cfg.pg_lr, batch_size=cfg.pg_batch
     )
+    omwu = lambda P, mu, key: alg.optimistic(P, mu, 0.0, T, eta=0.3)
     return {
         "nash_md": ("Nash-MD, eta_t = 2/(tau(t+2))", exact(alg.nash_md)),
         "omd": ("online mirror descent, same eta_t", exact(alg.online_mirror_descent)),
@@ -83,6 +84,11 @@ def algorithm_table(cfg: LabConfig):
         "ipo_md": (f"IPO-MD, beta = {b}", exact(alg.ipo_md, beta=b)),
         "fictitious_play": ("fictitious play (average iterate)", exact(alg.fictitious_play)),
         "sppo": ("SPPO / MWU self-play, no KL, eta = 1/tau", exact(alg.sppo)),
+        "mpo": ("MPO, eta = 1, magnet moved every 50 steps", exact(alg.magnetic, magnet_every=50)),
+        "onpo": ("ONPO, optimistic OMD, eta = 0.3", exact(alg.optimistic, eta=0.3)),
+        "omwu": ("OMWU, optimistic, no KL (tau = 0), eta = 0.3", omwu),
+        "comal": ("COMAL, INPO rounds of 50, reference reset", exact(alg.comal)),
+        "mnpo": ("MNPO, population of 3 (0.5, 0.3, 0.2)", exact(alg.mnpo, weights=(0.5, 0.3, 0.2))),
         "nash_md_pg": (f"Nash-MD-PG, sampled pairs, beta = {b}", pg),
         "bt_rlhf": ("BT reward from pairs ~ mu, then RLHF", exact(sampled.bt_rlhf)),
     }
@@ -96,9 +102,10 @@ def checkpoints(steps: int) -> list[int]:
 
 def run_lab(cfg: LabConfig, progress=None) -> dict:
     """Runs every algorithm on the configured games. Returns a dict of numpy arrays and floats:
-    ``nash`` [c, n], ``lp_nash`` [c, n] (unregularized), and per algorithm ``kl`` [steps + 1] and
-    ``gap`` [steps + 1], both averaged over contexts, plus the bounds ``nash_md_bound`` and
-    ``nash_mp_bound``. ``progress(message)`` is called as each algorithm starts."""
+    ``nash`` [c, n], ``lp_nash`` [c, n] (unregularized), and per algorithm ``kl``, ``gap``
+    (regularized) and ``gap0`` (unregularized), each [steps + 1] and averaged over contexts,
+    plus the bounds ``nash_md_bound`` and ``nash_mp_bound``. ``progress(message)`` is called as
+    each algorithm starts."""
     P, mu = make_games(cfg)
     tau = cfg.tau
     pi_star = jax.vmap(solvers.regularized_nash, in_axes=(0, 0, None))(P, mu, tau)
@@ -123,6 +130,8 @@ def run_lab(cfg: LabConfig, progress=None) -> dict:
             "description": desc,
             "kl": np.asarray(jnp.mean(kl, 0)),
             "gap": np.asarray(jnp.mean(gap_fn(P, mu, tau, traj), 0)),
+            # Exploitability in the unregularized game (what MPO, COMAL and OMWU aim at).
+            "gap0": np.asarray(jnp.mean(gap_fn(P, mu, 0.0, traj), 0)),
             "final_policy": np.asarray(traj[:, -1]),
         }
     t = np.arange(cfg.steps + 1)
