@@ -321,6 +321,9 @@ def _one(args) -> dict:
     }
 
 
+_ROW_KEY = ("stage", "vocab", "remat", "batch", "prompt", "response", "lora_rank")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="qwen2.5-0.5b")
@@ -339,7 +342,9 @@ def main(argv=None) -> None:
         "full keeps one activation per layer for the backward pass",
     )
     parser.add_argument(
-        "--append", action="store_true", help="add the rows to --out's (other shapes per stage)"
+        "--append",
+        action="store_true",
+        help="add the rows to --out's (other shapes per stage; a repeated one is replaced)",
     )
     parser.add_argument("--cache", default="runs/benchmarks/real_size_checkpoints")
     parser.add_argument(
@@ -388,7 +393,9 @@ def main(argv=None) -> None:
             print(out.stderr[-3000:], file=sys.stderr)
             raise SystemExit(f"{stage} at vocabulary {vocab}, remat {remat} failed")
         row = json.loads(out.stdout.strip().splitlines()[-1])
-        rows.append(row)
+        # A row measured again at the same stage, shapes and settings replaces the old one.
+        key = [row.get(k) for k in _ROW_KEY]
+        rows = [x for x in rows if [x.get(k) for k in _ROW_KEY] != key] + [row]
         annotate({"shape": args.shape, "rows": [row]})
         print(_line(row), flush=True)
     from nlhf_jax import provenance

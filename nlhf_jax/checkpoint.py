@@ -26,6 +26,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 
+from nlhf_jax import parallel
 from nlhf_jax.errors import MissingInput, UserError
 from nlhf_jax.models import RopeScaling, Transformer, TransformerConfig, lora
 from nlhf_jax.models.config import EXECUTION_FIELDS
@@ -145,6 +146,8 @@ class Checkpoints:
         shutil.move(os.path.join(self.directory, str(step)), target)
 
     def save(self, step: int, state: Any, data_state: dict) -> None:
+        # The step's freed temporaries go back to the system before the writer's buffers come.
+        parallel.release_free_memory()
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
         )

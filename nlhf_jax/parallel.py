@@ -364,3 +364,24 @@ def maybe_initialize_distributed(env: Mapping[str, str] | None = None) -> bool:
         return False
     jax.distributed.initialize(**args)
     return True
+
+
+def release_free_memory() -> None:
+    """Gives the host heap's freed pages back to the system (glibc's ``malloc_trim``; a no-op
+    elsewhere). On the CPU backend a step's temporaries, and a checkpoint's dequantized weights
+    once placed, are freed into glibc's heap, which keeps them: SmolLM2-135M's SFT process held
+    1.2 GiB of freed memory after a step, on which the next large allocation (a checkpoint
+    save's buffers) stacked. Called where such an allocation follows."""
+    if os.name != "posix":
+        return
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return
+    trim = getattr(libc, "malloc_trim", None)
+    if trim is not None:
+        trim(0)

@@ -22,6 +22,7 @@ import safetensors.numpy
 import transformers
 from flax import nnx
 
+from nlhf_jax import parallel
 from nlhf_jax.errors import MissingInput, UserError
 from nlhf_jax.models import gguf_file
 from nlhf_jax.models.config import RopeScaling, TransformerConfig
@@ -303,6 +304,8 @@ def load_pretrained(
         used.add("lm_head.weight")
     _refuse_unused(path, reader, used, f"{hf_config.model_type} model")
     nnx.replace_by_pure_dict(abstract, pure)
+    del reader, pure
+    parallel.release_free_memory()  # the file's decoded (e.g. dequantized) copies are gone
     return nnx.merge(graphdef, abstract)
 
 
@@ -348,6 +351,8 @@ def load_reward_model(
     pure["head"]["w"] = jnp.asarray(reader.get("score.weight")[0], dtype=target.dtype)
     _refuse_unused(path, reader, used | {"score.weight"}, f"{hf_config.model_type} classifier")
     nnx.replace_by_pure_dict(abstract, pure)
+    del reader, pure
+    parallel.release_free_memory()  # the file's decoded (e.g. dequantized) copies are gone
     return nnx.merge(graphdef, abstract)
 
 
