@@ -4,10 +4,12 @@ responses is better: ``--config.judge=DIR [--config.judge_template=FILE]``.
 The template shows the prompt and responses A and B (``{prompt}``, ``{response_a}``,
 ``{response_b}``, each replaced once, in one pass, so braces in the texts are kept as they are)
 and ends where the answer begins. The answer labels are "A" and "B", written with a leading
-space (" A", " B") unless the template ends in whitespace; each must be one token of the
-judge's tokenizer. From the next-token logits at the end of the filled template,
+space (" A", " B") unless the template ends in whitespace. With ``l_A`` and ``l_B`` the log
+probabilities of the two answers after the filled template (where each is one token of the
+judge's tokenizer, its next-token logit: the log-softmax's shared constant cancels; else the sum
+of its tokens' log-probabilities, the answer appended to the row),
 
-    P_A(y, y') = softmax(l_A, l_B)[0] = sigmoid(l_A - l_B)
+    P_A(y, y') = sigmoid(l_A - l_B)
     P(y > y') = (P_A(y, y') + 1 - P_A(y', y)) / 2,
 
 both orders of every pair in one batch, so P(y > y') + P(y' > y) = 1 whatever the model's
@@ -23,6 +25,7 @@ from __future__ import annotations
 import os
 import re
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -64,21 +67,27 @@ def fill(template: str, prompt: str, response_a: str, response_b: str) -> str:
     return _FIELD.sub(lambda m: values[m.group(1)], template)
 
 
-def answer_labels(template: str, tokenizer, spec: str) -> tuple[int, int]:
+def answer_tokens(template: str, tokenizer, spec: str) -> tuple[tuple[int, ...], ...]:
     """The token ids of the answers A and B after ``template`` (module docstring)."""
     space = "" if template[-1:].isspace() else " "
-    ids = []
-    for label in ("A", "B"):
-        encoded = tokenizer.encode(space + label, add_special_tokens=False)
-        if len(encoded) != 1:
-            raise UserError(
-                f"judge {spec}: the answer {space + label!r} is {len(encoded)} tokens of its "
-                "tokenizer, not one; end the template so that the answer is one token"
-            )
-        ids.append(encoded[0])
-    if ids[0] == ids[1]:
-        raise UserError(f"judge {spec}: the answers A and B are the same token {ids[0]}")
-    return ids[0], ids[1]
+    ids = tuple(tuple(tokenizer.encode(space + label, add_special_tokens=False)) for label in "AB")
+    if not all(ids) or ids[0] == ids[1]:
+        raise UserError(f"judge {spec}: the answers A and B encode as {ids[0]} and {ids[1]}")
+    return ids
+
+
+def _answer_logprob(answer: tuple[int, ...]):
+    def fn(graphdef, state, tokens_bt, mask_bt):
+        """``[b, 1]``: the summed log-probability of ``answer``, the last ``len(answer)``
+        tokens of every (left-padded) row, given what precedes it."""
+        k = len(answer)
+        model = nnx.merge(graphdef, state)
+        h_btd, _ = model.hidden(tokens_bt, positions_from_mask(mask_bt), input_mask_bt=mask_bt)
+        logp = jax.nn.log_softmax(model.logits(h_btd[:, -k - 1 : -1]), -1)  # [b, k, vocab]
+        picked = jnp.take_along_axis(logp, jnp.asarray(answer)[None, :, None], -1)
+        return jnp.sum(picked[..., 0], -1, keepdims=True)
+
+    return fn
 
 
 def _answer_logits(labels: tuple[int, int]):
@@ -102,7 +111,8 @@ class CausalLMJudge:
       tokenizer: the policies' tokenizer (decodes their tokens).
       judge_tokenizer: the checkpoint's (encodes the filled template).
       template: the prompt template.
-      labels: the token ids of the answers A and B.
+      answers: the token ids of the answers A and B.
+      labels: their ids when each is one token (the fast path: one pass, two logits), else None.
     """
 
     jittable = False
@@ -110,9 +120,13 @@ class CausalLMJudge:
     def __init__(self, spec: str, graphdef, state, tokenizer, judge_tokenizer, template: str):
         self.spec, self.tokenizer, self.judge_tokenizer = spec, tokenizer, judge_tokenizer
         self.template = template
-        self.labels = answer_labels(template, judge_tokenizer, spec)
+        self.answers = answer_tokens(template, judge_tokenizer, spec)
+        single = all(len(a) == 1 for a in self.answers)
+        self.labels = tuple(a[0] for a in self.answers) if single else None
         pad = check_pad(spec, judge_tokenizer)
-        self.host_model = HostModel(graphdef, state, _answer_logits(self.labels), pad)
+        fn = _answer_logits(self.labels) if single else _answer_logprob(self.answers[0])
+        self.host_model = HostModel(graphdef, state, fn, pad)
+        self._second = None if single else _answer_logprob(self.answers[1])
 
     def place(self, where: parallel.Placement) -> None:
         self.host_model.place(where)
@@ -122,9 +136,15 @@ class CausalLMJudge:
         return self.judge_tokenizer(fill(self.template, prompt, first, second))["input_ids"]
 
     def answer_logits(self, prompts, first, second) -> np.ndarray:
-        """``[n, 2]`` float64: the logits of " A" and " B" after each filled template."""
+        """``[n, 2]`` float64: ``l_A`` and ``l_B`` after each filled template (the logits of
+        one-token answers, else the answers' log-probabilities)."""
         rows = [self.encode(*t) for t in zip(prompts, first, second, strict=True)]
-        return self.host_model(rows)
+        if self._second is None:
+            return self.host_model(rows)
+        a, b = self.answers
+        l_a = self.host_model([r + list(a) for r in rows])
+        l_b = self.host_model([r + list(b) for r in rows], fn=self._second)
+        return np.concatenate([l_a, l_b], 1)
 
     def probability(self, prompts, responses_a, responses_b) -> np.ndarray:
         """``P(a > b)`` float64 ``[n]`` of texts, both orders averaged (module docstring)."""

@@ -97,6 +97,7 @@ class HostModel:
     def __init__(self, graphdef: nnx.GraphDef, state: nnx.State, fn: Callable, pad_id: int):
         self.graphdef, self.state, self.pad_id = graphdef, state, pad_id
         self._fn = jax.jit(fn, static_argnums=0)
+        self._jitted = {fn: self._fn}  # other functions of the same placed model, by ``fn``
         self._rows_sharding = None
         self._ways = 1
 
@@ -106,8 +107,12 @@ class HostModel:
         self._rows_sharding = where.batch
         self._ways = parallel.batch_devices(where.batch)
 
-    def __call__(self, rows: Sequence[Sequence[int]]) -> np.ndarray:
-        """``fn`` of the token rows (lists of ids), as float64 NumPy, one row of output each."""
+    def __call__(self, rows: Sequence[Sequence[int]], fn: Callable | None = None) -> np.ndarray:
+        """``fn`` of the token rows (lists of ids), as float64 NumPy, one row of output each;
+        another ``fn`` of the same signature may be named (jitted once, same parameters)."""
+        if fn is not None and fn not in self._jitted:
+            self._jitted[fn] = jax.jit(fn, static_argnums=0)
+        jitted = self._fn if fn is None else self._jitted[fn]
         width = _bucket(max(len(r) for r in rows), LENGTH_STEP)
         size = _bucket(_rows_bucket(len(rows)), self._ways)
         out = []
@@ -120,6 +125,6 @@ class HostModel:
                     tokens[i, width - len(row) :], mask[i, width - len(row) :] = row, True
             if self._rows_sharding is not None:
                 tokens, mask = parallel.put((tokens, mask), (self._rows_sharding,) * 2)
-            values = self._fn(self.graphdef, self.state, tokens, mask)
+            values = jitted(self.graphdef, self.state, tokens, mask)
             out.append(np.asarray(parallel.to_host(values), np.float64)[: len(chunk)])
         return np.concatenate(out)
