@@ -61,6 +61,9 @@ def _comparable(identity: dict) -> dict:
         if f.default is not dataclasses.MISSING
     }
     model = {**defaults, **model}
+    # A run recorded before the family field was its features' family (model_family).
+    if not model.get("family"):
+        model["family"] = transformer_config(model).model_family
     return {**identity, "model": {k: v for k, v in model.items() if k not in EXECUTION_FIELDS}}
 
 

@@ -102,7 +102,7 @@ def export_run(
     what = "weights, tokenizer and generation config"
     if tokenizer is None:
         what = "weights only (the run keeps no tokenizer: a synthetic-task run)"
-    layout = "qwen3" if config.qk_norm else "qwen2" if config.qkv_bias else "llama"
+    layout = config.model_family
     return (
         f"wrote {out_dir}: {layout} {what}, {num_params:,} parameters ({dtype}), step {step} "
         f"of {run_dir}, in {time.perf_counter() - start:.1f}s"

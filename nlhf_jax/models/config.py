@@ -45,6 +45,9 @@ REMAT_POLICIES = ("none", "full", "dots")
 # Fields that choose how the model is computed, not which function or parameters it has: a run
 # may change them when it resumes (see `nlhf_jax.checkpoint.Checkpoints`).
 EXECUTION_FIELDS = ("attention", "remat")
+# The checkpoint families (Hugging Face ``model_type``) and the features that set them apart:
+# (q/k/v biases, per-head q/k RMSNorm).
+FAMILIES = {"llama": (False, False), "qwen2": (True, False), "qwen3": (False, True)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +104,9 @@ class TransformerConfig:
         without differentiation (sampling, evaluation).
       lora: low-rank adapters on the projections it targets (``nlhf_jax.models.lora``), or
         None. A model with adapters trains only them; the rest is its frozen base.
+      family: the checkpoint family it reads and exports as (``FAMILIES``: Hugging Face's
+        ``model_type``), set by the loader; empty (the presets, runs recorded before the field)
+        means the one its features imply (``model_family``).
     """
 
     vocab_size: int
@@ -123,8 +129,25 @@ class TransformerConfig:
     attention: str = "einsum"
     remat: str = "none"
     lora: LoRAConfig | None = None
+    family: str = ""
+
+    @property
+    def model_family(self) -> str:
+        """``family``, or where it is empty the family its features imply: Qwen3 norms q and
+        k, Qwen2 has q/k/v biases, Llama neither."""
+        if self.family:
+            return self.family
+        return "qwen3" if self.qk_norm else "qwen2" if self.qkv_bias else "llama"
 
     def __post_init__(self):
+        if self.family and self.family not in FAMILIES:
+            raise ValueError(f"family={self.family!r}: choose one of {FAMILIES}")
+        if self.family and FAMILIES[self.family] != (self.qkv_bias, self.qk_norm):
+            bias, norm = FAMILIES[self.family]
+            raise ValueError(
+                f"family={self.family!r} has qkv_bias={bias} and qk_norm={norm}, not "
+                f"qkv_bias={self.qkv_bias} and qk_norm={self.qk_norm}"
+            )
         if self.attention not in ATTENTION_IMPLEMENTATIONS:
             raise ValueError(
                 f"attention={self.attention!r}: choose one of {ATTENTION_IMPLEMENTATIONS}"

@@ -102,6 +102,7 @@ def config_from_hf(
         tie_embeddings=bool(hf_config.tie_word_embeddings),
         qkv_bias=model_type == "qwen2",  # Qwen2 always has q/k/v biases, Llama/Qwen3 here never.
         qk_norm=model_type == "qwen3",
+        family=model_type,
         param_dtype=param_dtype,
         dtype=dtype,
         max_position_embeddings=hf_config.max_position_embeddings,
@@ -109,8 +110,8 @@ def config_from_hf(
 
 
 def hf_config_from(config: TransformerConfig, **overrides) -> transformers.PretrainedConfig:
-    """The transformers config of `config`: Qwen3 if it norms q and k, Qwen2 if it has q/k/v
-    biases, else Llama.
+    """The transformers config of `config`'s family (``TransformerConfig.model_family``: the
+    loader's, or the one its features imply).
 
     `overrides` (e.g. `bos_token_id=1`) are passed to the transformers config constructor.
     """
@@ -125,7 +126,7 @@ def hf_config_from(config: TransformerConfig, **overrides) -> transformers.Pretr
             high_freq_factor=s.high_freq_factor,
             original_max_position_embeddings=s.original_max_position_embeddings,
         )
-    model_type = "qwen3" if c.qk_norm else "qwen2" if c.qkv_bias else "llama"
+    model_type = c.model_family
     kwargs = dict(
         vocab_size=c.vocab_size,
         hidden_size=c.d_model,

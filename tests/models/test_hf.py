@@ -144,7 +144,7 @@ def _edit_config(path, **changes):
 def test_export_import_without_torch_is_identical(exported):
     model = Transformer(TINY, rngs=nnx.Rngs(0))
     loaded = hf.load_pretrained(str(exported))
-    assert loaded.config == TINY
+    assert loaded.config == TINY.replace(family=TINY.model_family)  # the loader names it
     for name, value in _params(model).items():
         np.testing.assert_array_equal(_params(loaded)[name], value, err_msg=name)
 
@@ -222,3 +222,27 @@ def test_tokenizer_larger_than_model_vocab_names_both_sizes(tmp_path):
         tokenizer.load_tokenizer(str(tmp_path), vocab_size=260)
     with pytest.raises(FileNotFoundError, match="tokenizer directory not found"):
         tokenizer.load_tokenizer(str(tmp_path / "nope"))
+
+
+def test_the_family_is_the_loaders_not_a_guess_from_features():
+    """The loader records the checkpoint's family; export writes that family's config (not one
+    inferred from q/k norms or biases, which another family may share); a family whose
+    features the config lacks is refused; a run.json written before the field compares as the
+    family its features imply."""
+    from nlhf_jax.checkpoint import _comparable
+
+    qwen3 = TINY.replace(qk_norm=True, family="qwen3")
+    assert hf.hf_config_from(qwen3).model_type == "qwen3"
+    assert hf.config_from_hf(hf.hf_config_from(qwen3)).family == "qwen3"
+    assert hf.hf_config_from(TINY.replace(qkv_bias=True)).model_type == "qwen2"  # unnamed: implied
+    with pytest.raises(ValueError, match="family='llama' has qkv_bias=False and qk_norm=False"):
+        TINY.replace(qk_norm=True, family="llama")
+    with pytest.raises(ValueError, match="family='gpt2': choose one of"):
+        TINY.replace(family="gpt2")
+    import dataclasses
+
+    old = dataclasses.asdict(TINY.replace(qk_norm=True))
+    del old["family"]
+    new = dataclasses.asdict(qwen3)
+    assert _comparable({"model": old}) == _comparable({"model": new})
+    assert _comparable({"model": old}) != _comparable({"model": dataclasses.asdict(TINY)})
