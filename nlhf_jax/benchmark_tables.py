@@ -3,7 +3,9 @@ registered with the other renderers of ``nlhf_jax.tables``."""
 
 from __future__ import annotations
 
-from nlhf_jax.tables import _paragraph, _table, renderer, source_line
+import os
+
+from nlhf_jax.tables import COMPACT, _paragraph, _table, renderer, source_line
 
 # --- benchmark_sampling: python benchmarks/sampling.py -> runs/benchmarks/sampling.json ------
 
@@ -364,3 +366,119 @@ def render_real_size_smollm2(r: dict) -> str:
     ])  # fmt: skip
     header = ["stage", "batch x tokens", "remat", "peak RSS GiB", "s/step", "of peak FLOP/s"]
     return f"{_paragraph(text)}\n\n{_table(header, rows)}"
+
+
+# --- real_recipe: python benchmarks/real_recipe.py -> runs/benchmarks/real_recipe.json ---------
+
+
+def _compact_real_recipe(r: dict) -> dict:
+    """The recipe's figures without the per-seed example texts (greedy ones stay)."""
+    drop = lambda e: {k: v for k, v in e.items() if k not in ("examples", "environment")}
+    out = dict(r)
+    out["seeds"] = {s: drop(e) for s, e in r["seeds"].items()}
+    out["ipo_inpo"] = drop(r["ipo_inpo"])
+    out["aggregated"] = {k: v for k, v in r["aggregated"].items() if k not in ("examples",)}
+    return out
+
+
+COMPACT["real_recipe"] = _compact_real_recipe
+
+_POLICY_NAMES = {"nash_md": "Nash-MD-PG", "rlhf": "RLHF", "online_ipo": "online IPO",
+                 "inpo": "INPO", "checkpoint": "the start", "start": "the start"}  # fmt: skip
+
+
+def _vs_start(per_seed: list[dict], name: str, judge: str) -> str:
+    """Win rate of ``name`` against the start under ``judge``: each seed's ± its standard error
+    over prompts, and with several seeds their mean ± the 95% interval over seeds."""
+    values = []
+    for e in per_seed:
+        i, j = e["methods"].index(name), e["methods"].index(e["reference_name"])
+        values.append((e[f"win_rate/{judge}"][i][j], e[f"win_rate_stderr/{judge}"][i][j]))
+    each = ", ".join(f"{m:.3f} ± {s:.3f}" for m, s in values)
+    if len(values) == 1:
+        return each
+    import math
+
+    from scipy import stats
+
+    means = [m for m, _ in values]
+    mean = sum(means) / len(means)
+    sd = math.sqrt(sum((m - mean) ** 2 for m in means) / (len(means) - 1))
+    half = stats.t.ppf(0.975, len(means) - 1) * sd / math.sqrt(len(means))
+    return f"**{mean:.3f} ± {half:.3f}** ({each})"
+
+
+def _per_seed_mean(per_seed: list[dict], name: str, key: str) -> str:
+    vals = [e[key][e["methods"].index(name)] for e in per_seed]
+    return " / ".join(f"{v:.3f}" if key.startswith("kl") else f"{v:.1f}" for v in vals)
+
+
+@renderer("real_recipe")
+def render_real_recipe(r: dict) -> str:
+    """The real recipe: judges' held-out accuracy, each policy against the start under the
+    held-out judge B and the training judge A, KL and length, greedy responses side by side."""
+    s, parts = r["settings"], r["parts"]
+    seeds = [r["seeds"][k] for k in sorted(r["seeds"], key=int)]
+    minutes = r["total_seconds"] / 60
+    text = " ".join([
+        f"{source_line('real_recipe', r)} `python benchmarks/real_recipe.py --checkpoint",
+        f"{os.path.basename(s['checkpoint'])} --pairs {os.path.basename(s['pairs'])}`:",
+        f"{minutes:.0f} minutes of stages on this machine. HH-RLHF harmless-base test split",
+        f"({r['rows']:,} rows) parted by position: half A `[:40%]` (judge A, the reward model,",
+        "the policies' prompts), half B `[40%:80%]` (judge B, the held-out evaluator), then",
+        f"{s['judge_eval']} held-out pairs from 80% for the judges' accuracy and",
+        f"{s['eval_prompts']} evaluation prompts from 90%. Lengths: prompts {s['prompt_len']}",
+        f"tokens (the chat template's, left-truncated), responses {s['response_len']}. Judges:",
+        f"{s['judge_steps']} steps of batch {s['batch']} from the checkpoint's backbone at the",
+        "pretrained defaults. Policies: from the GGUF with no SFT stage,",
+        f"{s['policy_steps']} steps of batch {s['batch']} at learning rate {s['policy_lr']:g}",
+        "(full fine-tuning" + (f", LoRA rank {s['lora_rank']}" if s["lora_rank"] else "") + ")",
+        "against judge A (RLHF: the reward model).",
+    ])  # fmt: skip
+    judges = []
+    names = {"judge_a": ("judge A (preference model)", parts["half_a"]),
+             "judge_b": ("judge B (preference model)", parts["half_b"]),
+             "rm_a": ("RLHF's reward model", parts["half_a"])}  # fmt: skip
+    for key, (label, trained) in names.items():
+        row = r["judges"][key]
+        acc = next(v for k, v in row.items() if k.endswith("/accuracy"))
+        loss = next(v for k, v in row.items() if k.endswith("/log_loss"))
+        judges.append([label, f"`{os.path.basename(trained)}`", f"{acc:.3f}", f"{loss:.3f}"])
+    policy_rows = []
+    for name, per_seed in (
+        ("nash_md", seeds), ("rlhf", seeds), ("online_ipo", [r["ipo_inpo"]]),
+        ("inpo", [r["ipo_inpo"]]),
+    ):  # fmt: skip
+        policy_rows.append([
+            _POLICY_NAMES[name], str(len(per_seed)), _vs_start(per_seed, name, "judge_b"),
+            _vs_start(per_seed, name, "judge_a"), _per_seed_mean(per_seed, name, "kl_to_reference"),
+            _per_seed_mean(per_seed, name, "mean_response_tokens"),
+        ])  # fmt: skip
+    start = seeds[0]["methods"].index(seeds[0]["reference_name"])
+    policy_rows.append([
+        "the start", "", "0.500", "0.500", "0",
+        _per_seed_mean(seeds, seeds[0]["methods"][start], "mean_response_tokens"),
+    ])  # fmt: skip
+    greedy = r["greedy"]
+    shown = [n for n in ("start", "nash_md", "rlhf") if n in greedy]
+    side = []
+    for i, row in enumerate(greedy["start"][:2]):
+        prompt = row["prompt"].strip().replace("\n", " ")[-120:]
+        side.append([f"…{prompt}"] + [greedy[n][i]["response"].replace("\n", " ")[:140]
+                                      for n in shown])  # fmt: skip
+    header = ["policy", "seeds", "win rate vs the start, judge B (held out)",
+              "vs the start, judge A (trained on)", "KL to the start, per seed",
+              "response tokens"]  # fmt: skip
+    note = (
+        f"Win rates: the policy's responses against the start's on the {s['eval_prompts']} "
+        f"evaluation prompts, {s['samples']} samples each, ± the standard error over prompts for "
+        "each seed; in bold the mean over seeds ± its 95% t-interval. KL: sampled, in nats per "
+        "response."
+    )
+    return "\n".join([
+        _paragraph(text), "",
+        _table(["judge", "trained on", "held-out accuracy", "log loss"], judges), "",
+        _table(header, policy_rows), "", _paragraph(note), "",
+        _table(["prompt (its end)", *(f"{_POLICY_NAMES.get(n, n)}, greedy (seed 0)"
+                                      for n in shown)], side),
+    ])  # fmt: skip

@@ -17,6 +17,7 @@ target's entry), so chunked and dense agree to float32 rounding in value and gra
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -37,12 +38,16 @@ def default_chunk_rows(vocab_size: int, rows: int) -> int:
     return max(1, min(rows, LOGITS_BUDGET // vocab_size))
 
 
-def token_logprobs(h_nd: Array, w_dv: Array, targets_n: Array, chunk_rows: int) -> Array:
-    """``log softmax(h_n @ w)[targets_n]`` [n] float32, ``chunk_rows`` rows of logits at a time.
+def token_logprobs(
+    h_nd: Array, project: Callable[[Array], Array], targets_n: Array, chunk_rows: int
+) -> Array:
+    """``log softmax(project(h_n))[targets_n]`` [n] float32, ``chunk_rows`` rows of logits at a
+    time.
 
     Args:
       h_nd: final hidden states of the rows whose next token is scored (compute dtype).
-      w_dv: the output projection (compute dtype).
+      project: hidden states ``[c, d]`` to float32 logits ``[c, vocab]`` (the model's
+        ``Transformer.project``).
       targets_n: the next token of each row.
       chunk_rows: rows of logits computed at once; the last chunk is padded.
     """
@@ -54,7 +59,7 @@ def token_logprobs(h_nd: Array, w_dv: Array, targets_n: Array, chunk_rows: int) 
 
     @jax.checkpoint  # the backward pass recomputes this chunk's logits instead of storing them
     def one(h_cd, y_c):
-        logits_cv = jnp.einsum("cd,dv->cv", h_cd, w_dv, preferred_element_type=jnp.float32)
+        logits_cv = project(h_cd)
         logp_cv = jax.nn.log_softmax(logits_cv, axis=-1)
         return jnp.take_along_axis(logp_cv, y_c[:, None], axis=-1)[:, 0]
 
@@ -83,7 +88,6 @@ def score_tokens(
     (b, p), n = prompt_bt.shape, response_bn.shape[1]
     # Position p - 1 + i predicts response token i; the last position predicts nothing here.
     h_nd = h_btd[:, p - 1 : p - 1 + n].reshape(b * n, -1)
-    w_dv = model.output_weights()
-    rows = chunk_rows or default_chunk_rows(w_dv.shape[1], b * n)
-    logp_bn = token_logprobs(h_nd, w_dv, response_bn.reshape(-1), rows).reshape(b, n)
+    rows = chunk_rows or default_chunk_rows(model.config.vocab_size, b * n)
+    logp_bn = token_logprobs(h_nd, model.project, response_bn.reshape(-1), rows).reshape(b, n)
     return jnp.where(response_mask_bn, logp_bn, 0.0)

@@ -96,8 +96,7 @@ def _answer_logits(labels: tuple[int, int]):
         are left-padded, so it is every row's last real token)."""
         model = nnx.merge(graphdef, state)
         h_btd, _ = model.hidden(tokens_bt, positions_from_mask(mask_bt), input_mask_bt=mask_bt)
-        w_d2 = model.output_weights()[:, jnp.array(labels)]  # two columns, not the vocabulary
-        return jnp.einsum("bd,dk->bk", h_btd[:, -1], w_d2, preferred_element_type=jnp.float32)
+        return model.project(h_btd[:, -1], jnp.array(labels))  # two columns, not the vocabulary
 
     return fn
 

@@ -321,10 +321,19 @@ class Transformer(nnx.Module):
             return self.embed[...].astype(dt).T
         return self.lm_head[...].astype(dt)
 
+    def project(self, h_xd: Array, columns: Array | None = None) -> Array:
+        """Float32 logits ``[..., vocab]`` of final-normed hidden states ``[..., d_model]``, or
+        of the vocabulary's ``columns`` only: the one output projection, which the full logits,
+        the chunked log-probabilities (``nlhf_jax.logprobs``) and a causal-LM judge's answers
+        all go through."""
+        w_dv = self.output_weights()
+        if columns is not None:
+            w_dv = w_dv[:, columns]
+        return jnp.einsum("...d,dv->...v", h_xd, w_dv, preferred_element_type=jnp.float32)
+
     def logits(self, h_btd: Array) -> Array:
         """Float32 logits [b, t, vocab] from final-normed hidden states."""
-        w_dv = self.output_weights()
-        return jnp.einsum("btd,dv->btv", h_btd, w_dv, preferred_element_type=jnp.float32)
+        return self.project(h_btd)
 
     def __call__(self, tokens_bt, positions_bt, cache=None, input_mask_bt=None):
         h_btd, cache = self.hidden(tokens_bt, positions_bt, cache, input_mask_bt)
