@@ -44,7 +44,12 @@ ARCHS = {
     "qwen2": ("Qwen2Config", "Qwen2ForSequenceClassification"),
     "llama": ("LlamaConfig", "LlamaForSequenceClassification"),
     "qwen3": ("Qwen3Config", "Qwen3ForSequenceClassification"),
+    "mistral": ("MistralConfig", "MistralForSequenceClassification"),
 }
+# Mistral's window shorter than the rows: ours reads prompts left-padded and responses
+# right-padded (padding between them), transformers one contiguous row: equal rewards mean the
+# window counts token positions.
+EXTRA = {"mistral": dict(sliding_window=6)}
 
 
 def prefer_longer(prompts, responses_a, responses_b):
@@ -87,7 +92,7 @@ def files(tmp_path_factory):
         # transformers does (the rightmost token that is not the pad id).
         pad = tok.eos_token_id if arch == "llama" else tok.pad_token_id
         config = getattr(transformers, config_cls)(
-            vocab_size=vocab, num_labels=1, pad_token_id=pad, **SMALL
+            vocab_size=vocab, num_labels=1, pad_token_id=pad, **SMALL, **EXTRA.get(arch, {})
         )
         model = getattr(transformers, model_cls)(config).eval()
         paths[f"rm_{arch}"] = _save(model, tok, os.path.join(root, f"rm_{arch}"))

@@ -47,7 +47,12 @@ REMAT_POLICIES = ("none", "full", "dots")
 EXECUTION_FIELDS = ("attention", "remat")
 # The checkpoint families (Hugging Face ``model_type``) and the features that set them apart:
 # (q/k/v biases, per-head q/k RMSNorm).
-FAMILIES = {"llama": (False, False), "qwen2": (True, False), "qwen3": (False, True)}
+FAMILIES = {
+    "llama": (False, False),
+    "mistral": (False, False),
+    "qwen2": (True, False),
+    "qwen3": (False, True),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +109,9 @@ class TransformerConfig:
         without differentiation (sampling, evaluation).
       lora: low-rank adapters on the projections it targets (``nlhf_jax.models.lora``), or
         None. A model with adapters trains only them; the rest is its frozen base.
+      sliding_window: 0, or how many positions a query reads, itself included (``q - k <
+        window`` on token positions, not columns: padding inside a row does not count); on every
+        layer (Mistral's).
       family: the checkpoint family it reads and exports as (``FAMILIES``: Hugging Face's
         ``model_type``), set by the loader; empty (the presets, runs recorded before the field)
         means the one its features imply (``model_family``).
@@ -129,6 +137,7 @@ class TransformerConfig:
     attention: str = "einsum"
     remat: str = "none"
     lora: LoRAConfig | None = None
+    sliding_window: int = 0
     family: str = ""
 
     @property
@@ -137,7 +146,9 @@ class TransformerConfig:
         k, Qwen2 has q/k/v biases, Llama neither."""
         if self.family:
             return self.family
-        return "qwen3" if self.qk_norm else "qwen2" if self.qkv_bias else "llama"
+        if self.qk_norm or self.qkv_bias:
+            return "qwen3" if self.qk_norm else "qwen2"
+        return "mistral" if self.sliding_window else "llama"
 
     def __post_init__(self):
         if self.family and self.family not in FAMILIES:
@@ -148,6 +159,12 @@ class TransformerConfig:
                 f"family={self.family!r} has qkv_bias={bias} and qk_norm={norm}, not "
                 f"qkv_bias={self.qkv_bias} and qk_norm={self.qk_norm}"
             )
+        if self.sliding_window and self.model_family != "mistral":
+            raise ValueError(
+                f"sliding_window={self.sliding_window}: only the mistral family has one here"
+            )
+        if self.sliding_window < 0:
+            raise ValueError(f"sliding_window={self.sliding_window} must be 0 (none) or positive")
         if self.attention not in ATTENTION_IMPLEMENTATIONS:
             raise ValueError(
                 f"attention={self.attention!r}: choose one of {ATTENTION_IMPLEMENTATIONS}"

@@ -1,4 +1,4 @@
-"""Load and save Llama/Qwen2/Qwen3 checkpoints in the Hugging Face layout (config.json +
+"""Load and save Llama/Mistral/Qwen2/Qwen3 checkpoints in the Hugging Face layout (config.json +
 safetensors, or a GGUF file read as one: `nlhf_jax.models.gguf_file`): causal LMs
 (`load_pretrained`, `save_pretrained`) and one-label sequence classifiers as reward models
 (`load_reward_model`).
@@ -29,7 +29,12 @@ from nlhf_jax.models.config import RopeScaling, TransformerConfig
 from nlhf_jax.models.preference import RewardModel
 from nlhf_jax.models.transformer import Transformer
 
-SUPPORTED = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+SUPPORTED = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+}
 _WEIGHTS = "model.safetensors"
 _INDEX = "model.safetensors.index.json"
 # Buffers some exporters write that carry no learned state; anything else unknown is an error.
@@ -59,7 +64,8 @@ def config_from_hf(
     dtype: str = "float32",
     param_dtype: str = "float32",
 ) -> TransformerConfig:
-    """Translates a transformers Llama/Qwen2/Qwen3 config; raises on features our model lacks."""
+    """Translates a transformers Llama/Mistral/Qwen2/Qwen3 config; raises on features our model
+    lacks."""
     model_type = hf_config.model_type
     if model_type not in SUPPORTED:
         raise UserError(f"unsupported architecture {model_type!r}; supported: {sorted(SUPPORTED)}")
@@ -102,6 +108,9 @@ def config_from_hf(
         tie_embeddings=bool(hf_config.tie_word_embeddings),
         qkv_bias=model_type == "qwen2",  # Qwen2 always has q/k/v biases, Llama/Qwen3 here never.
         qk_norm=model_type == "qwen3",
+        sliding_window=int(getattr(hf_config, "sliding_window", 0) or 0)
+        if model_type == "mistral"
+        else 0,
         family=model_type,
         param_dtype=param_dtype,
         dtype=dtype,
@@ -154,6 +163,9 @@ def hf_config_from(config: TransformerConfig, **overrides) -> transformers.Pretr
             raise UserError("Qwen3 configs cannot express q/k/v biases without an o_proj bias")
         kwargs.update(head_dim=c.head_dim, attention_bias=False, use_sliding_window=False)
         return transformers.Qwen3Config(**(kwargs | overrides))
+    if model_type == "mistral":
+        kwargs.update(head_dim=c.head_dim, sliding_window=c.sliding_window or None)
+        return transformers.MistralConfig(**(kwargs | overrides))
     kwargs.update(head_dim=c.head_dim, attention_bias=False, mlp_bias=False)
     return transformers.LlamaConfig(**(kwargs | overrides))
 
@@ -282,7 +294,7 @@ def _refuse_unused(path: str, reader: _TensorReader, used: set[str], what: str) 
 def load_pretrained(
     path: str, *, dtype: str = "float32", param_dtype: str = "float32"
 ) -> Transformer:
-    """Loads a Llama/Qwen2/Qwen3 checkpoint into a `Transformer`.
+    """Loads a Llama/Mistral/Qwen2/Qwen3 checkpoint into a `Transformer`.
 
     Args:
       path: directory with config.json and model.safetensors (or model.safetensors.index.json

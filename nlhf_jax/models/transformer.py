@@ -268,6 +268,7 @@ class Transformer(nnx.Module):
         if cache is None:
             causal_ts = jnp.tril(jnp.ones((t, t), bool))
             mask_bts = causal_ts[None] & input_mask_bt[:, None, :]
+            key_positions_bs = positions_bt
             kv_carry = (None, None)
         else:
             end = cache.end
@@ -275,7 +276,12 @@ class Transformer(nnx.Module):
             # Causal in slot order (all rows share slots), and never onto a padding slot.
             causal_ts = jnp.arange(cache.max_len)[None, :] <= (end + jnp.arange(t))[:, None]
             mask_bts = causal_ts[None] & key_valid_bs[:, None, :]
+            # A slot's position: the real tokens before it (how positions_from_mask counts).
+            key_positions_bs = jnp.cumsum(key_valid_bs, axis=1) - 1
             kv_carry = (cache.k, cache.v)
+        if c.sliding_window:  # on positions: padding inside a row takes no part of the window
+            near = positions_bt[:, :, None] - key_positions_bs[:, None, :] < c.sliding_window
+            mask_bts = mask_bts & near
 
         layer_def, layer_state = nnx.split(self.layers)
 

@@ -42,6 +42,9 @@ def _torch_model(kind: str):
         rope.update(high_freq_factor=4.0, original_max_position_embeddings=16)
         config = transformers.LlamaConfig(**common, tie_word_embeddings=False, rope_parameters=rope)
         model_cls = transformers.LlamaForCausalLM
+    elif kind == "mistral":  # Untied, a sliding window shorter than the SEQ = 12 tokens.
+        config = transformers.MistralConfig(**common, sliding_window=5, tie_word_embeddings=False)
+        model_cls = transformers.MistralForCausalLM
     elif kind == "qwen3":  # Untied, q/k norms, head_dim 16 != hidden / heads = 8 (as Qwen3's).
         config = transformers.Qwen3Config(**common, head_dim=16, tie_word_embeddings=False)
         model_cls = transformers.Qwen3ForCausalLM
@@ -75,7 +78,7 @@ def _params(model: Transformer) -> dict[str, np.ndarray]:
     return {"/".join(map(str, path)): np.asarray(v.get_value()) for path, v in flat}
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2", "qwen3"])
+@pytest.fixture(scope="module", params=["llama", "mistral", "qwen2", "qwen3"])
 def checkpoint(request, tmp_path_factory):
     """(torch model, its save_pretrained directory, token batch)."""
     model = _torch_model(request.param)

@@ -43,9 +43,11 @@ def _left_padded_batch(vocab: int, lengths: list[int], width: int, seed: int = 0
     return jnp.asarray(tokens_bt), jnp.asarray(mask_bt)
 
 
-@pytest.mark.parametrize("tie", [True, False])
-def test_cached_decoding_matches_full_forward_on_left_padded_rows(tie):
-    config = SMALL.replace(tie_embeddings=tie, qkv_bias=not tie)
+@pytest.mark.parametrize("tie,window", [(True, 0), (False, 0), (True, 3)])
+def test_cached_decoding_matches_full_forward_on_left_padded_rows(tie, window):
+    # window 3 (Mistral's sliding window): rows of 4 to 10 tokens decode past it.
+    config = SMALL.replace(tie_embeddings=tie, qkv_bias=not tie and not window)
+    config = config.replace(sliding_window=window)
     graphdef, state = _split(config)
     lengths, width, prefill = [10, 7, 4], 10, 6
     tokens_bt, mask_bt = _left_padded_batch(config.vocab_size, lengths, width)
@@ -93,6 +95,24 @@ def test_cached_decoding_matches_full_forward_on_left_padded_rows(tie):
     row = slice(width - lengths[-1], width)
     alone_1tv = forward_full(graphdef, state, tokens_bt[-1:, row], mask_bt[-1:, row])
     np.testing.assert_allclose(alone_1tv[0], full_btv[-1, row], atol=F32_TOL, rtol=F32_TOL)
+
+
+def test_sliding_window_counts_positions_not_columns():
+    """Padding inside a row (the preference model's packing) takes no part of the window: a row
+    with two padding columns in the middle gives its real tokens the logits of the same tokens
+    unpadded, and the window does change them (against no window)."""
+    config = SMALL.replace(sliding_window=3)
+    graphdef, state = _split(config)
+    tokens = np.random.default_rng(1).integers(1, config.vocab_size, 6)
+    gapped = np.concatenate([tokens[:3], [0, 0], tokens[3:]])[None]
+    mask = np.array([[True] * 3 + [False] * 2 + [True] * 3])
+    full = jax.jit(forward_full, static_argnums=0)
+    with_gap = full(graphdef, state, jnp.asarray(gapped), jnp.asarray(mask))[0][mask[0]]
+    plain = full(graphdef, state, jnp.asarray(tokens[None]), jnp.ones((1, 6), bool))[0]
+    np.testing.assert_allclose(with_gap, plain, atol=F32_TOL, rtol=F32_TOL)
+    unwindowed = full(*_split(SMALL), jnp.asarray(tokens[None]), jnp.ones((1, 6), bool))[0]
+    assert np.abs(np.asarray(unwindowed[3:] - plain[3:])).max() > 1e-3  # positions 3+ see less
+    np.testing.assert_allclose(unwindowed[:3], plain[:3], atol=F32_TOL, rtol=F32_TOL)
 
 
 def test_grouped_query_attention_equals_mha_with_repeated_kv_heads():
