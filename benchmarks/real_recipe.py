@@ -25,7 +25,8 @@ set here and recorded): judges A and B, the reward model, then for each seed Nas
 model). ``python -m nlhf_jax.evaluate`` then samples every policy and the start on the held-out
 prompts and scores them under B and A (win rates with standard errors over prompts, KL to the
 start, response lengths), per seed and aggregated over seeds (95% intervals), and
-``python -m nlhf_jax.sample --temperature 0`` writes greedy responses side by side. A finished
+``python -m nlhf_jax.sample --temperature 0`` writes greedy responses side by side (the start,
+Nash-MD-PG and RLHF at seed 0). A finished
 stage is skipped when the script is run again. The results file holds every figure, each
 stage's command and seconds, the machine and the commit.
 """
@@ -229,6 +230,9 @@ def main() -> None:
     parser.add_argument("--eval-prompts", type=int, default=48)
     parser.add_argument("--samples", type=int, default=2)
     parser.add_argument("--greedy", type=int, default=4, help="prompts with greedy responses")
+    parser.add_argument(
+        "--once", default=",".join(ONCE), help="methods run at the first seed only ('' for none)"
+    )
     a = parser.parse_args()
     a.checkpoint, a.pairs = os.path.abspath(a.checkpoint), os.path.abspath(a.pairs)
     r = Recipe(a)
@@ -241,12 +245,10 @@ def main() -> None:
     for seed in range(a.seeds):
         runs = {m: r.policy(m, seed) for m in POLICIES}
         seeds[seed] = r.evaluate(f"seed_{seed}", seed, runs)
-    once = {m: r.policy(m, 0) for m in ONCE}
-    extra = r.evaluate("seed_0_ipo_inpo", 0, once)
+    once = {m: r.policy(m, 0) for m in a.once.split(",") if m}
+    extra = r.evaluate("seed_0_" + "_".join(once), 0, once) if once else None
     greedy = {"start": r.greedy("start", a.checkpoint)}
-    greedy.update(
-        {m: r.greedy(m, os.path.join(a.workdir, "seed_0", m)) for m in (*POLICIES, *ONCE)}
-    )
+    greedy.update({m: r.greedy(m, os.path.join(a.workdir, "seed_0", m)) for m in POLICIES})
 
     from nlhf_jax.evaluate import seeds as seed_stats
 
@@ -268,7 +270,7 @@ def main() -> None:
         "judges": judges,
         "seeds": {str(s): v for s, v in seeds.items()},
         "aggregated": aggregated,
-        "ipo_inpo": extra,
+        "once": extra,  # the methods run at the first seed only, evaluated together
         "greedy": greedy,
         "seconds": r.seconds,
         "total_seconds": sum(r.seconds.values()),

@@ -376,7 +376,7 @@ def _compact_real_recipe(r: dict) -> dict:
     drop = lambda e: {k: v for k, v in e.items() if k not in ("examples", "environment")}
     out = dict(r)
     out["seeds"] = {s: drop(e) for s, e in r["seeds"].items()}
-    out["ipo_inpo"] = drop(r["ipo_inpo"])
+    out["once"] = drop(r["once"]) if r.get("once") else None
     out["aggregated"] = {k: v for k, v in r["aggregated"].items() if k not in ("examples",)}
     return out
 
@@ -406,6 +406,14 @@ def _vs_start(per_seed: list[dict], name: str, judge: str) -> str:
     sd = math.sqrt(sum((m - mean) ** 2 for m in means) / (len(means) - 1))
     half = stats.t.ppf(0.975, len(means) - 1) * sd / math.sqrt(len(means))
     return f"**{mean:.3f} ± {half:.3f}** ({each})"
+
+
+def _policies(r: dict, seeds: list[dict]) -> list[tuple[str, list[dict]]]:
+    """(policy, its evaluations): the methods of every seed, then those run once, if any."""
+    every = [m for m in seeds[0]["methods"] if m != seeds[0]["reference_name"]]
+    once = r.get("once")
+    extra = [] if not once else [m for m in once["methods"] if m != once["reference_name"]]
+    return [(m, seeds) for m in every] + [(m, [once]) for m in extra]
 
 
 def _per_seed_mean(per_seed: list[dict], name: str, key: str) -> str:
@@ -445,10 +453,7 @@ def render_real_recipe(r: dict) -> str:
         loss = next(v for k, v in row.items() if k.endswith("/log_loss"))
         judges.append([label, f"`{os.path.basename(trained)}`", f"{acc:.3f}", f"{loss:.3f}"])
     policy_rows = []
-    for name, per_seed in (
-        ("nash_md", seeds), ("rlhf", seeds), ("online_ipo", [r["ipo_inpo"]]),
-        ("inpo", [r["ipo_inpo"]]),
-    ):  # fmt: skip
+    for name, per_seed in _policies(r, seeds):
         policy_rows.append([
             _POLICY_NAMES[name], str(len(per_seed)), _vs_start(per_seed, name, "judge_b"),
             _vs_start(per_seed, name, "judge_a"), _per_seed_mean(per_seed, name, "kl_to_reference"),
@@ -482,3 +487,24 @@ def render_real_recipe(r: dict) -> str:
         _table(["prompt (its end)", *(f"{_POLICY_NAMES.get(n, n)}, greedy (seed 0)"
                                       for n in shown)], side),
     ])  # fmt: skip
+
+
+@renderer("real_recipe_summary")
+def render_real_recipe_summary(r: dict) -> str:
+    """The README's lines of the real recipe: each policy against the start under the held-out
+    judge B, its KL to the start, and the judges' held-out accuracy."""
+    seeds = [r["seeds"][k] for k in sorted(r["seeds"], key=int)]
+    acc = {k: next(v for n, v in row.items() if n.endswith("/accuracy"))
+           for k, row in r["judges"].items()}  # fmt: skip
+    rows = []
+    for name, per_seed in _policies(r, seeds):
+        kl = [e["kl_to_reference"][e["methods"].index(name)] for e in per_seed]
+        rows.append([_POLICY_NAMES[name], str(len(per_seed)),
+                     _vs_start(per_seed, name, "judge_b"), f"{sum(kl) / len(kl):.3f}"])  # fmt: skip
+    text = (
+        f"{source_line('real_recipe', r)} SmolLM2-135M-Instruct from its GGUF, trained on half A "
+        f"of HH-RLHF harmless-base against judge A (held-out accuracy {acc['judge_a']:.3f}), "
+        f"scored against the start by judge B, trained on half B (accuracy {acc['judge_b']:.3f})."
+    )
+    header = ["policy", "seeds", "win rate vs the start, held-out judge B", "mean KL to the start"]
+    return f"{_paragraph(text)}\n\n{_table(header, rows)}"

@@ -50,7 +50,12 @@ SOURCES = {
     "real_recipe": "benchmarks/real_recipe.json",
 }
 # A table rendered from another table's results file: NAME -> that file's NAME.
-FILE_OF = {"demo_rlp": "demo", "reproduce_rlp": "reproduce", "reproduce_pairs": "reproduce"}
+FILE_OF = {
+    "demo_rlp": "demo",
+    "reproduce_rlp": "reproduce",
+    "reproduce_pairs": "reproduce",
+    "real_recipe_summary": "real_recipe",
+}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
 RESULTS = os.path.join(ROOT, "results")
