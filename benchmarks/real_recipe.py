@@ -117,32 +117,30 @@ class Recipe:
             f"--config.optimizer.warmup_steps={a.warmup}",  # of steps counted in tens
         ]
 
+    def train(self, method: str, workdir: str, *settings: str) -> list[str]:
+        """``python -m nlhf_jax.train``'s arguments for a stage of ``configs/text.py``."""
+        config = ["--config", f"configs/text.py:{method}", "--workdir", workdir]
+        return ["nlhf_jax.train", *config, *settings, *self.common()]
+
     def judge(self, name: str, method: str, pairs: str) -> None:
         wd = os.path.join(self.wd, name)
-        args = [
-            "nlhf_jax.train",
-            "--config",
-            f"configs/text.py:{method}",
-            "--workdir",
+        args = self.train(
+            method,
             wd,
             f"--config.model.hf_checkpoint={self.a.checkpoint}",
             f"--config.data.train_file={pairs}",
             f"--config.data.eval_file={self.judge_eval}",
             f"--config.num_steps={self.a.judge_steps}",
             f"--config.seed={self.a.judge_seed}",
-            *self.common(),
-        ]
+        )
         self.stage(name, args, _finished(wd, self.a.judge_steps))
 
     def policy(self, method: str, seed: int) -> str:
         a = self.a
         wd = os.path.join(self.wd, f"seed_{seed}", method)
         judge = "rm_a" if method == "rlhf" else "judge_a"
-        args = [
-            "nlhf_jax.train",
-            "--config",
-            f"configs/text.py:{method}",
-            "--workdir",
+        args = self.train(
+            method,
             wd,
             f"--config.init_from={a.checkpoint}",
             f"--config.judge={os.path.join(self.wd, judge)}",
@@ -152,8 +150,7 @@ class Recipe:
             f"--config.seed={seed}",
             f"--config.optimizer.learning_rate={a.policy_lr}",
             f"--config.lora.rank={a.lora_rank}",
-            *self.common(),
-        ]
+        )
         if method == "inpo":  # one INPO round per half of the run, not one per 100 steps
             args.append(f"--config.round_steps={max(1, a.policy_steps // 2)}")
         self.stage(f"seed_{seed}/{method}", args, _finished(wd, a.policy_steps))
