@@ -343,7 +343,8 @@ def test_lora_online_run_plays_against_its_own_base(files, runs, tmp_path):
     # same weights (a reference that were another model would give a KL of order 1e-2 or more).
     assert abs(float(metrics["objective/kl"])) < 1e-5
     assert np.isfinite(float(metrics["loss"]))
-    loop.run(trainer, workdir, num_steps=2, quiet=True)
+    # A trainer starts once: the run is a second one.
+    loop.run(methods.build(config, workdir), workdir, num_steps=2, quiet=True)
     identity = checkpoint.read_identity(workdir)
     assert identity["base"] == {"init_from": os.path.abspath(config.init_from)}
     merged = checkpoint.load_policy(workdir)  # the SFT policy with the adapters folded in
