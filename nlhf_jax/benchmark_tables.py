@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from nlhf_jax.tables import COMPACT, _paragraph, _table, renderer, source_line
 
 # --- benchmark_sampling: python benchmarks/sampling.py -> runs/benchmarks/sampling.json ------
@@ -397,15 +399,10 @@ def _vs_start(per_seed: list[dict], name: str, judge: str) -> str:
     each = ", ".join(f"{m:.3f} ± {s:.3f}" for m, s in values)
     if len(values) == 1:
         return each
-    import math
+    from nlhf_jax.evaluate.seeds import _interval  # the seeds table's 95% t-interval
 
-    from scipy import stats
-
-    means = [m for m, _ in values]
-    mean = sum(means) / len(means)
-    sd = math.sqrt(sum((m - mean) ** 2 for m in means) / (len(means) - 1))
-    half = stats.t.ppf(0.975, len(means) - 1) * sd / math.sqrt(len(means))
-    return f"**{mean:.3f} ± {half:.3f}** ({each})"
+    over_seeds = _interval(np.asarray([m for m, _ in values]), head_to_head=False)
+    return f"**{over_seeds['mean']:.3f} ± {over_seeds['halfwidth']:.3f}** ({each})"
 
 
 def _policies(r: dict, seeds: list[dict]) -> list[tuple[str, list[dict]]]:
