@@ -60,7 +60,7 @@ def _comparable(identity: dict) -> dict:
         for f in dataclasses.fields(TransformerConfig)
         if f.default is not dataclasses.MISSING
     }
-    model = {**defaults, **model}
+    model = json.loads(json.dumps({**defaults, **model}))  # a default tuple compares as a list
     # A run recorded before the family field was its features' family (model_family).
     if not model.get("family"):
         model["family"] = transformer_config(model).model_family

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -45,11 +47,17 @@ ARCHS = {
     "llama": ("LlamaConfig", "LlamaForSequenceClassification"),
     "qwen3": ("Qwen3Config", "Qwen3ForSequenceClassification"),
     "mistral": ("MistralConfig", "MistralForSequenceClassification"),
+    "gemma2": ("Gemma2Config", "Gemma2ForSequenceClassification"),
+    "gemma3": ("Gemma3TextConfig", "Gemma3TextForSequenceClassification"),
 }
 # Mistral's window shorter than the rows: ours reads prompts left-padded and responses
 # right-padded (padding between them), transformers one contiguous row: equal rewards mean the
 # window counts token positions.
-EXTRA = {"mistral": dict(sliding_window=6)}
+EXTRA = {
+    "mistral": dict(sliding_window=6),
+    "gemma2": dict(sliding_window=6, head_dim=8, attn_logit_softcapping=3.0),
+    "gemma3": dict(sliding_window=6, head_dim=8, layer_types=["sliding_attention"] * 2),
+}
 
 
 def prefer_longer(prompts, responses_a, responses_b):
@@ -98,6 +106,10 @@ def files(tmp_path_factory):
         paths[f"rm_{arch}"] = _save(model, tok, os.path.join(root, f"rm_{arch}"))
     lm = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(vocab_size=vocab, **SMALL))
     paths["lm"] = _save(lm.eval(), tok, os.path.join(root, "lm"))
+    gemma3 = transformers.Gemma3TextConfig(vocab_size=vocab, **SMALL, **EXTRA["gemma3"])
+    gemma3.layer_types = ["sliding_attention", "full_attention"]
+    lm = transformers.Gemma3ForCausalLM(gemma3)
+    paths["lm_gemma3"] = _save(lm.eval(), tok, os.path.join(root, "lm_gemma3"))
     # Ends in a newline, so the answers are "A" and "B", one byte token each of the task's tiny
     # BPE (which never merged " A": the default template is refused on it).
     paths["template"] = os.path.join(root, "template.txt")
@@ -231,6 +243,32 @@ def test_reward_checkpoint_with_its_own_tokenizer_runs_on_the_host(files, task_t
         theirs = np.array([model(row).logits[0, 0] for row in rows])
     np.testing.assert_allclose(judge.rewards(x, a), theirs, atol=ATOL)
     np.testing.assert_allclose(judge.probability(x, a, b) + judge.probability(x, b, a), 1.0)
+
+
+def test_a_gemma3_policy_trains_against_a_gemma2_reward_checkpoint_from_the_command_line(
+    files, tmp_path
+):
+    """Nash-MD from a Gemma 3 causal LM (local and global layers) as policy and reference,
+    judged by a Gemma 2 reward checkpoint (soft-capped attention), through ``python -m
+    nlhf_jax.train`` as a user runs it."""
+    workdir = tmp_path / "nash_md"
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(
+        [sys.executable, "-m", "nlhf_jax.train", "--config", "configs/text.py:nash_md",
+         f"--workdir={workdir}", f"--config.init_from={files['lm_gemma3']}",
+         f"--config.judge={files['rm_gemma2']}", f"--config.data.prompts_file={files['prompts']}",
+         "--config.num_steps=2", "--config.batch_size=8", "--config.log_every=1",
+         "--config.eval_every=0", "--config.data.max_prompt_len=32",
+         "--config.data.max_response_len=8", "--config.optimizer.warmup_steps=0"],
+        capture_output=True, text=True, cwd=repo, env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    with open(workdir / "metrics.jsonl") as f:
+        train = [r for r in map(json.loads, f) if r["kind"] == "train"]
+    assert [r["step"] for r in train] == [1, 2]
+    assert all(np.isfinite(r["loss"]) and 0 <= r["judge/min"] <= r["judge/max"] <= 1 for r in train)
+    with open(workdir / "run.json") as f:
+        assert json.load(f)["model"]["family"] == "gemma3"
 
 
 def _config(stage: str, files: dict, **overrides):

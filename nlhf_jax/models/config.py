@@ -45,14 +45,22 @@ REMAT_POLICIES = ("none", "full", "dots")
 # Fields that choose how the model is computed, not which function or parameters it has: a run
 # may change them when it resumes (see `nlhf_jax.checkpoint.Checkpoints`).
 EXECUTION_FIELDS = ("attention", "remat")
-# The checkpoint families (Hugging Face ``model_type``) and the features that set them apart:
-# (q/k/v biases, per-head q/k RMSNorm).
+ACTIVATIONS = ("silu", "gelu_tanh")
+LAYER_TYPES = ("full_attention", "sliding_attention")
+# The checkpoint families and the features that set them apart: (q/k/v biases, per-head q/k
+# RMSNorm, the Gemma block: GeGLU, RMSNorm scale 1 + w, embeddings scaled by sqrt(d_model), norms
+# on the attention and MLP outputs too). Names are Hugging Face's ``model_type`` but Gemma 3's,
+# whose text model is ``gemma3_text`` there.
 FAMILIES = {
-    "llama": (False, False),
-    "mistral": (False, False),
-    "qwen2": (True, False),
-    "qwen3": (False, True),
+    "llama": (False, False, False),
+    "mistral": (False, False, False),
+    "qwen2": (True, False, False),
+    "qwen3": (False, True, False),
+    "gemma2": (False, False, True),
+    "gemma3": (False, True, True),
 }
+# The families whose layers may read a sliding window.
+WINDOWED = ("mistral", "gemma2", "gemma3")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +83,8 @@ class RopeScaling:
 
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
-    """Architecture of a Llama/Qwen2-family decoder. Frozen and hashable: pass it statically to jit.
+    """Architecture of a Llama, Mistral, Qwen2/3 or Gemma 2/3 decoder. Frozen and hashable: pass
+    it statically to jit.
 
     Attributes:
       vocab_size: rows of the embedding table (may exceed the tokenizer's vocabulary).
@@ -84,7 +93,7 @@ class TransformerConfig:
       num_heads: query heads.
       num_kv_heads: key/value heads; `num_heads % num_kv_heads == 0` (grouped-query attention).
       head_dim: width of one attention head.
-      mlp_dim: hidden width of the SwiGLU MLP.
+      mlp_dim: hidden width of the gated MLP.
       rope_theta: base of the rotary position embedding frequencies.
       rope_scaling: optional Llama-3 frequency scaling; None for plain RoPE.
       rms_norm_eps: epsilon inside the RMSNorm square root.
@@ -111,10 +120,28 @@ class TransformerConfig:
         None. A model with adapters trains only them; the rest is its frozen base.
       sliding_window: 0, or how many positions a query reads, itself included (``q - k <
         window`` on token positions, not columns: padding inside a row does not count); on every
-        layer (Mistral's).
-      family: the checkpoint family it reads and exports as (``FAMILIES``: Hugging Face's
-        ``model_type``), set by the loader; empty (the presets, runs recorded before the field)
-        means the one its features imply (``model_family``).
+        layer (Mistral's), or on the layers ``layer_types`` marks "sliding_attention" (Gemma's).
+      family: the checkpoint family it reads and exports as (``FAMILIES``), set by the loader;
+        empty (the presets, runs recorded before the field) means the one its features imply
+        (``model_family``).
+      activation: the gate's nonlinearity: "silu" (SwiGLU) or "gelu_tanh" (GeGLU, Gemma's
+        ``gelu_pytorch_tanh``).
+      norm_offset: every RMSNorm scales by ``norm_offset + w`` (Gemma: 1, with w stored around
+        0); with an offset the norm runs in float32 and casts last, as Gemma's does.
+      embed_scale: embeddings are multiplied by sqrt(d_model) (Gemma).
+      post_norms: each block norms its attention and MLP outputs too before adding them to the
+        residual stream (Gemma 2 and 3: four norms a block).
+      query_pre_attn_scalar: attention scores are ``q.k / sqrt(query_pre_attn_scalar)``; 0 means
+        head_dim (Gemma's models set it, not always to head_dim).
+      attn_softcap: 0, or attention scores become ``cap * tanh(score / cap)`` (Gemma 2).
+      final_softcap: 0, or the logits become ``cap * tanh(logit / cap)`` (Gemma 2).
+      layer_types: empty (every layer alike), or per layer "full_attention" or
+        "sliding_attention" (Gemma 2 alternates, Gemma 3 has five local layers to one global).
+        Read inside the scanned layer stack: the stack is not unrolled.
+      rope_local_theta: 0, or the RoPE base of the "sliding_attention" layers (Gemma 3: 10,000,
+        its global layers ``rope_theta``).
+      rope_linear_factor: positions are divided by it (linear RoPE scaling) on every layer but
+        the "sliding_attention" ones of a model with ``layer_types`` (Gemma 3 4B and larger: 8).
     """
 
     vocab_size: int
@@ -139,32 +166,89 @@ class TransformerConfig:
     lora: LoRAConfig | None = None
     sliding_window: int = 0
     family: str = ""
+    activation: str = "silu"
+    norm_offset: float = 0.0
+    embed_scale: bool = False
+    post_norms: bool = False
+    query_pre_attn_scalar: int = 0
+    attn_softcap: float = 0.0
+    final_softcap: float = 0.0
+    layer_types: tuple[str, ...] = ()
+    rope_local_theta: float = 0.0
+    rope_linear_factor: float = 1.0
+
+    @property
+    def gemma_block(self) -> bool:
+        """Whether the blocks are Gemma's (``FAMILIES``' third feature)."""
+        return (self.activation, self.norm_offset, self.embed_scale, self.post_norms) == (
+            "gelu_tanh",
+            1.0,
+            True,
+            True,
+        )
 
     @property
     def model_family(self) -> str:
-        """``family``, or where it is empty the family its features imply: Qwen3 norms q and
-        k, Qwen2 has q/k/v biases, Llama neither."""
+        """``family``, or where it is empty the family its features imply: Gemma's blocks
+        (Gemma 3 with q/k norms), Qwen3 norms q and k, Qwen2 has q/k/v biases, Llama neither."""
         if self.family:
             return self.family
+        if self.gemma_block:
+            return "gemma3" if self.qk_norm else "gemma2"
         if self.qk_norm or self.qkv_bias:
             return "qwen3" if self.qk_norm else "qwen2"
         return "mistral" if self.sliding_window else "llama"
 
-    def __post_init__(self):
-        if self.family and self.family not in FAMILIES:
-            raise ValueError(f"family={self.family!r}: choose one of {FAMILIES}")
-        if self.family and FAMILIES[self.family] != (self.qkv_bias, self.qk_norm):
-            bias, norm = FAMILIES[self.family]
-            raise ValueError(
-                f"family={self.family!r} has qkv_bias={bias} and qk_norm={norm}, not "
-                f"qkv_bias={self.qkv_bias} and qk_norm={self.qk_norm}"
+    @property
+    def attention_scale(self) -> float:
+        """What q.k is multiplied by: ``query_pre_attn_scalar ** -0.5`` (head_dim's if 0)."""
+        return float(self.query_pre_attn_scalar or self.head_dim) ** -0.5
+
+    @property
+    def sliding_layers(self) -> tuple[bool, ...]:
+        """Per layer, whether it reads the sliding window only."""
+        if self.layer_types:
+            return tuple(
+                t == "sliding_attention" and self.sliding_window > 0 for t in self.layer_types
             )
-        if self.sliding_window and self.model_family != "mistral":
+        return (self.sliding_window > 0,) * self.num_layers
+
+    def __post_init__(self):
+        object.__setattr__(self, "layer_types", tuple(self.layer_types))
+        if self.family and self.family not in FAMILIES:
+            raise ValueError(f"family={self.family!r}: choose one of {tuple(FAMILIES)}")
+        features = (self.qkv_bias, self.qk_norm, self.gemma_block)
+        if self.family and FAMILIES[self.family] != features:
+            bias, norm, gemma = FAMILIES[self.family]
             raise ValueError(
-                f"sliding_window={self.sliding_window}: only the mistral family has one here"
+                f"family={self.family!r} has qkv_bias={bias}, qk_norm={norm} and Gemma's blocks "
+                f"{gemma} (activation, norm_offset, embed_scale, post_norms), not {features}"
+            )
+        if self.sliding_window and self.model_family not in WINDOWED:
+            raise ValueError(
+                f"sliding_window={self.sliding_window}: only the {WINDOWED} families have one here"
             )
         if self.sliding_window < 0:
             raise ValueError(f"sliding_window={self.sliding_window} must be 0 (none) or positive")
+        if self.layer_types and (
+            len(self.layer_types) != self.num_layers or set(self.layer_types) - set(LAYER_TYPES)
+        ):
+            raise ValueError(
+                f"layer_types={self.layer_types}: one of {LAYER_TYPES} for each of the "
+                f"{self.num_layers} layers"
+            )
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation={self.activation!r}: choose one of {ACTIVATIONS}")
+        for field in ("attn_softcap", "final_softcap", "query_pre_attn_scalar", "rope_local_theta"):
+            if getattr(self, field) < 0:
+                raise ValueError(f"{field}={getattr(self, field)} must be 0 (none) or positive")
+        if self.rope_linear_factor <= 0:
+            raise ValueError(f"rope_linear_factor={self.rope_linear_factor} must be positive")
+        if self.attn_softcap and self.attention == "dot_product":
+            raise ValueError(
+                f"attn_softcap={self.attn_softcap}: attention='dot_product' "
+                "(jax.nn.dot_product_attention) has no soft-cap; use attention='einsum'"
+            )
         if self.attention not in ATTENTION_IMPLEMENTATIONS:
             raise ValueError(
                 f"attention={self.attention!r}: choose one of {ATTENTION_IMPLEMENTATIONS}"

@@ -1,7 +1,8 @@
-"""Load and save Llama/Mistral/Qwen2/Qwen3 checkpoints in the Hugging Face layout (config.json +
-safetensors, or a GGUF file read as one: `nlhf_jax.models.gguf_file`): causal LMs
+"""Load and save Llama/Mistral/Qwen2/Qwen3/Gemma 2/Gemma 3 checkpoints in the Hugging Face layout
+(config.json + safetensors, or a GGUF file read as one: `nlhf_jax.models.gguf_file`): causal LMs
 (`load_pretrained`, `save_pretrained`) and one-label sequence classifiers as reward models
-(`load_reward_model`).
+(`load_reward_model`). A ``Gemma3ForConditionalGeneration`` checkpoint (Gemma 3 4B and larger)
+loads as its language model; its vision tower is not read.
 
 transformers 5 has no Flax models, so weights are read and written with `safetensors` and mapped
 to our parameter tree here; `transformers.AutoConfig` reads the config. A directory written by
@@ -11,6 +12,7 @@ to our parameter tree here; `transformers.AutoConfig` reads the config. A direct
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterator
 
@@ -29,12 +31,23 @@ from nlhf_jax.models.config import RopeScaling, TransformerConfig
 from nlhf_jax.models.preference import RewardModel
 from nlhf_jax.models.transformer import Transformer
 
+# Hugging Face model_type -> the class of its causal LM.
 SUPPORTED = {
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
+    "gemma3_text": "Gemma3ForCausalLM",
+    "gemma3": "Gemma3ForConditionalGeneration",  # image and text: its language model is read
 }
+# model_type -> our family (``TransformerConfig.family``) where they differ.
+_FAMILY_OF = {"gemma3_text": "gemma3"}
+_GEMMA = ("gemma2", "gemma3_text")
+# The tensors of a Gemma3ForConditionalGeneration that are not its language model.
+_VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.")
+_VISION_PREFIXES += ("model.multi_modal_projector.",)
+log = logging.getLogger(__name__)
 _WEIGHTS = "model.safetensors"
 _INDEX = "model.safetensors.index.json"
 # Buffers some exporters write that carry no learned state; anything else unknown is an error.
@@ -64,21 +77,41 @@ def config_from_hf(
     dtype: str = "float32",
     param_dtype: str = "float32",
 ) -> TransformerConfig:
-    """Translates a transformers Llama/Mistral/Qwen2/Qwen3 config; raises on features our model
-    lacks."""
+    """Translates a transformers Llama/Mistral/Qwen2/Qwen3/Gemma2/Gemma3 config (a
+    ``Gemma3Config``'s text config); raises on features our model lacks."""
     model_type = hf_config.model_type
     if model_type not in SUPPORTED:
         raise UserError(f"unsupported architecture {model_type!r}; supported: {sorted(SUPPORTED)}")
+    if model_type == "gemma3":  # image and text: the language model's config
+        tie = hf_config.tie_word_embeddings
+        hf_config = hf_config.text_config
+        hf_config.tie_word_embeddings = tie
+        model_type = hf_config.model_type
+    gemma = model_type in _GEMMA
     unsupported = []
-    if getattr(hf_config, "hidden_act", "silu") != "silu":
-        unsupported.append(f"hidden_act={hf_config.hidden_act!r} (only 'silu')")
+    act = getattr(hf_config, "hidden_activation" if gemma else "hidden_act", None)
+    if act != ("gelu_pytorch_tanh" if gemma else "silu"):
+        field = "hidden_activation" if gemma else "hidden_act"
+        unsupported.append(f"{field}={act!r} (only {'gelu_pytorch_tanh' if gemma else 'silu'!r})")
     if getattr(hf_config, "mlp_bias", False):
         unsupported.append("mlp_bias=True")
-    if model_type in ("llama", "qwen3") and getattr(hf_config, "attention_bias", False):
-        unsupported.append("attention_bias=True (o_proj bias)")
+    if model_type != "qwen2" and getattr(hf_config, "attention_bias", False):
+        unsupported.append("attention_bias=True")
     if getattr(hf_config, "use_sliding_window", False):
         unsupported.append("use_sliding_window=True")
+    if getattr(hf_config, "use_bidirectional_attention", False):
+        unsupported.append("use_bidirectional_attention=True")
     rope = dict(getattr(hf_config, "rope_parameters", None) or {})
+    local_theta, linear = 0.0, 1.0
+    if model_type == "gemma3_text":  # keyed by layer type
+        local = rope.get("sliding_attention", {})
+        if local.get("rope_type", "default") != "default":
+            unsupported.append(f"sliding_attention rope_type={local['rope_type']!r}")
+        local_theta = float(local.get("rope_theta", 10_000.0))
+        rope = dict(rope.get("full_attention", {}))
+        if rope.get("rope_type") == "linear":
+            linear = float(rope.pop("factor"))
+            rope["rope_type"] = "default"
     rope_type = rope.get("rope_type", "default")
     rope_scaling = None
     if rope_type == "llama3":
@@ -94,6 +127,21 @@ def config_from_hf(
         raise UserError(f"unsupported {model_type} config: {', '.join(unsupported)}")
     num_heads = hf_config.num_attention_heads
     head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // num_heads
+    window = int(getattr(hf_config, "sliding_window", 0) or 0)
+    extra = {}
+    if gemma:
+        extra = dict(
+            activation="gelu_tanh",
+            norm_offset=1.0,
+            embed_scale=True,
+            post_norms=True,
+            query_pre_attn_scalar=int(hf_config.query_pre_attn_scalar),
+            attn_softcap=float(hf_config.attn_logit_softcapping or 0.0),
+            final_softcap=float(hf_config.final_logit_softcapping or 0.0),
+            layer_types=tuple(hf_config.layer_types),
+            rope_local_theta=local_theta,
+            rope_linear_factor=linear,
+        )
     return TransformerConfig(
         vocab_size=hf_config.vocab_size,
         d_model=hf_config.hidden_size,
@@ -106,15 +154,14 @@ def config_from_hf(
         rope_scaling=rope_scaling,
         rms_norm_eps=hf_config.rms_norm_eps,
         tie_embeddings=bool(hf_config.tie_word_embeddings),
-        qkv_bias=model_type == "qwen2",  # Qwen2 always has q/k/v biases, Llama/Qwen3 here never.
-        qk_norm=model_type == "qwen3",
-        sliding_window=int(getattr(hf_config, "sliding_window", 0) or 0)
-        if model_type == "mistral"
-        else 0,
-        family=model_type,
+        qkv_bias=model_type == "qwen2",  # Qwen2 always has q/k/v biases, the others here never.
+        qk_norm=model_type in ("qwen3", "gemma3_text"),
+        sliding_window=window if model_type in ("mistral", *_GEMMA) else 0,
+        family=_FAMILY_OF.get(model_type, model_type),
         param_dtype=param_dtype,
         dtype=dtype,
         max_position_embeddings=hf_config.max_position_embeddings,
+        **extra,
     )
 
 
@@ -146,10 +193,11 @@ def hf_config_from(config: TransformerConfig, **overrides) -> transformers.Pretr
         rms_norm_eps=c.rms_norm_eps,
         tie_word_embeddings=c.tie_embeddings,
         max_position_embeddings=c.max_position_embeddings,
-        rope_parameters=rope,
-        architectures=[SUPPORTED[model_type]],
         dtype=c.param_dtype,
     )
+    if model_type in ("gemma2", "gemma3"):
+        return _gemma_config(c, rope, kwargs | overrides)
+    kwargs.update(rope_parameters=rope, architectures=[SUPPORTED[model_type]])
     if model_type == "qwen2":
         if c.head_dim * c.num_heads != c.d_model:
             raise UserError(
@@ -170,15 +218,51 @@ def hf_config_from(config: TransformerConfig, **overrides) -> transformers.Pretr
     return transformers.LlamaConfig(**(kwargs | overrides))
 
 
-def _hf_layout(c: TransformerConfig) -> Iterator[tuple[tuple[str, ...], str, tuple[int, ...], str]]:
+def _gemma_config(c: TransformerConfig, rope: dict, kwargs: dict):
+    """``hf_config_from`` of the Gemma families; ``kwargs``: the fields all families share."""
+    if c.rope_scaling is not None:
+        raise UserError("Gemma configs cannot express Llama-3 RoPE scaling")
+    if c.model_family == "gemma3" and c.rope_linear_factor != 1.0:
+        rope = rope | {"rope_type": "linear", "factor": c.rope_linear_factor}
+    elif c.rope_linear_factor != 1.0:
+        raise UserError("Gemma 2 configs cannot express linear RoPE scaling")
+    kwargs = (
+        dict(
+            head_dim=c.head_dim,
+            hidden_activation="gelu_pytorch_tanh",
+            query_pre_attn_scalar=c.query_pre_attn_scalar or c.head_dim,
+            attn_logit_softcapping=c.attn_softcap or None,
+            final_logit_softcapping=c.final_softcap or None,
+            sliding_window=c.sliding_window or None,
+            layer_types=list(c.layer_types) or None,
+            attention_bias=False,
+        )
+        | kwargs
+    )
+    if c.model_family == "gemma2":
+        kwargs.update(rope_parameters=rope, architectures=[SUPPORTED["gemma2"]])
+        return transformers.Gemma2Config(**kwargs)
+    local = {"rope_type": "default", "rope_theta": c.rope_local_theta or c.rope_theta}
+    kwargs.update(
+        rope_parameters={"full_attention": rope, "sliding_attention": local},
+        architectures=[SUPPORTED["gemma3_text"]],
+    )
+    return transformers.Gemma3TextConfig(**kwargs)
+
+
+def _hf_layout(
+    c: TransformerConfig, prefix: str = "model."
+) -> Iterator[tuple[tuple[str, ...], str, tuple[int, ...], str]]:
     """Yields (our param path, HF tensor name with `{i}` for the layer, HF shape, kind).
 
     kind "linear": HF stores [out, in] and ours is in-major: ours = W.T reshaped.
     kind "direct": same element order, ours = W reshaped.
+    ``prefix``: of the backbone's tensors (a Gemma3ForConditionalGeneration's language model:
+    ``language_model.model.``).
     """
     d, q_out, kv_out = c.d_model, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
-    yield ("embed",), "model.embed_tokens.weight", (c.vocab_size, d), "direct"
-    attn = "model.layers.{i}.self_attn"
+    yield ("embed",), f"{prefix}embed_tokens.weight", (c.vocab_size, d), "direct"
+    attn = prefix + "layers.{i}.self_attn"
     for name, shape in (("q", (q_out, d)), ("k", (kv_out, d)), ("v", (kv_out, d))):
         yield ("layers", "attn", f"{name}_proj"), f"{attn}.{name}_proj.weight", shape, "linear"
         if c.qkv_bias:
@@ -189,21 +273,39 @@ def _hf_layout(c: TransformerConfig) -> Iterator[tuple[tuple[str, ...], str, tup
             norm = ("layers", "attn", f"{name}_norm", "scale")
             yield norm, f"{attn}.{name}_norm.weight", (c.head_dim,), "direct"
     yield ("layers", "attn", "o_proj"), f"{attn}.o_proj.weight", (d, q_out), "linear"
-    mlp = "model.layers.{i}.mlp"
+    mlp = prefix + "layers.{i}.mlp"
     yield ("layers", "mlp", "gate_proj"), f"{mlp}.gate_proj.weight", (c.mlp_dim, d), "linear"
     yield ("layers", "mlp", "up_proj"), f"{mlp}.up_proj.weight", (c.mlp_dim, d), "linear"
     yield ("layers", "mlp", "down_proj"), f"{mlp}.down_proj.weight", (d, c.mlp_dim), "linear"
-    norm = ("scale",)
-    yield ("layers", "attn_norm", *norm), "model.layers.{i}.input_layernorm.weight", (d,), "direct"
-    yield (
-        ("layers", "mlp_norm", *norm),
-        "model.layers.{i}.post_attention_layernorm.weight",
-        (d,),
-        "direct",
-    )
-    yield ("final_norm", *norm), "model.norm.weight", (d,), "direct"
+    layer = prefix + "layers.{i}."
+    # HF's post_attention_layernorm is the MLP's input norm in Llama, the attention output's in
+    # Gemma (whose MLP input norm is pre_feedforward_layernorm).
+    norms = {"attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm"}
+    if c.post_norms:
+        norms.update(
+            post_attn_norm="post_attention_layernorm",
+            mlp_norm="pre_feedforward_layernorm",
+            post_mlp_norm="post_feedforward_layernorm",
+        )
+    for ours, theirs in norms.items():
+        yield ("layers", ours, "scale"), f"{layer}{theirs}.weight", (d,), "direct"
+    yield ("final_norm", "scale"), f"{prefix}norm.weight", (d,), "direct"
     if not c.tie_embeddings:
-        yield ("lm_head",), "lm_head.weight", (c.vocab_size, d), "linear"
+        yield ("lm_head",), _lm_head(prefix), (c.vocab_size, d), "linear"
+
+
+def _lm_head(prefix: str) -> str:
+    return (
+        "language_model.lm_head.weight" if prefix == "language_model.model." else "lm_head.weight"
+    )
+
+
+def _prefix(reader) -> str:
+    """The backbone's tensor prefix: ``model.``, or a Gemma3ForConditionalGeneration's."""
+    for prefix in ("language_model.model.", "model.language_model."):
+        if f"{prefix}embed_tokens.weight" in reader.file_of:
+            return prefix
+    return "model."
 
 
 class _TensorReader:
@@ -255,7 +357,7 @@ def _fill(path: str, config: TransformerConfig, reader: _TensorReader, pure: dic
     """Reads every tensor `_hf_layout(config)` names into `pure` (a `Transformer`'s pure dict,
     in place); returns the names read."""
     used = set()
-    for our_path, hf_name, hf_shape, kind in _hf_layout(config):
+    for our_path, hf_name, hf_shape, kind in _hf_layout(config, _prefix(reader)):
         layers = range(config.num_layers) if our_path[0] == "layers" else [None]
         parts = []
         for i in layers:
@@ -281,6 +383,15 @@ def _fill(path: str, config: TransformerConfig, reader: _TensorReader, pure: dic
 
 
 def _refuse_unused(path: str, reader: _TensorReader, used: set[str], what: str) -> None:
+    vision = [n for n in reader.file_of if n.startswith(_VISION_PREFIXES)]
+    if vision and _prefix(reader) != "model.":
+        log.warning(
+            "%s: an image-and-text checkpoint: its language model is loaded, its vision tower "
+            "(%d tensors) is not used",
+            path,
+            len(vision),
+        )
+        used = used | set(vision)
     unexpected = sorted(
         n for n in reader.file_of if n not in used and not n.endswith(_IGNORED_SUFFIXES)
     )
@@ -294,7 +405,7 @@ def _refuse_unused(path: str, reader: _TensorReader, used: set[str], what: str) 
 def load_pretrained(
     path: str, *, dtype: str = "float32", param_dtype: str = "float32"
 ) -> Transformer:
-    """Loads a Llama/Mistral/Qwen2/Qwen3 checkpoint into a `Transformer`.
+    """Loads a Llama/Mistral/Qwen2/Qwen3/Gemma2/Gemma3 checkpoint into a `Transformer`.
 
     Args:
       path: directory with config.json and model.safetensors (or model.safetensors.index.json
@@ -314,7 +425,7 @@ def load_pretrained(
     used = _fill(path, config, reader, pure)
     # A tied checkpoint may still carry a (duplicate) lm_head.weight; it is the embedding.
     if config.tie_embeddings:
-        used.add("lm_head.weight")
+        used.add(_lm_head(_prefix(reader)))
     _refuse_unused(path, reader, used, f"{hf_config.model_type} model")
     nnx.replace_by_pure_dict(abstract, pure)
     del reader, pure
@@ -337,7 +448,7 @@ def read_config(path: str) -> dict:
 def load_reward_model(
     path: str, *, pad_id: int, dtype: str = "float32", param_dtype: str = "float32"
 ) -> RewardModel:
-    """Loads a Llama/Qwen2/Qwen3 ``*ForSequenceClassification`` checkpoint with one label (a
+    """Loads a ``*ForSequenceClassification`` checkpoint of a supported family with one label (a
     reward model) into a `RewardModel`: the ``model.*`` tensors are its backbone, the row of
     ``score.weight [1, hidden]`` its head, and the reward is read where transformers reads it,
     at the last real token that is not ``pad_id`` (``RewardModel.pad_id``).
@@ -390,8 +501,7 @@ def save_pretrained(model: Transformer, path: str, **hf_config_overrides) -> Non
     """Writes config.json and model.safetensors that transformers' PyTorch classes load.
 
     Args:
-      model: the model to export (Qwen3 layout if it norms q and k, Qwen2 if it has q/k/v
-        biases, else Llama).
+      model: the model to export, as its family (``TransformerConfig.model_family``).
       path: output directory, created if needed.
       **hf_config_overrides: extra transformers config fields, e.g. `eos_token_id`.
     """

@@ -1,4 +1,5 @@
-"""Decoder-only Llama/Qwen2-family transformer in Flax NNX, with an explicit KV-cache pytree.
+"""Decoder-only Llama/Mistral/Qwen/Gemma-family transformer in Flax NNX, with an explicit KV-cache
+pytree.
 
 Parameter tree (`nnx.state(model)`), with logical axis names in each Param's `out_sharding`:
 
@@ -10,7 +11,9 @@ Parameter tree (`nnx.state(model)`), with logical axis names in each Param's `ou
     layers.attn.{q,k,v}_bias  [layers, (kv_)heads, head_dim]       only if `config.qkv_bias`
     layers.attn.{q,k}_norm.scale [layers, head_dim]                only if `config.qk_norm`
     layers.attn.o_proj     [layers, heads, head_dim, embed]
+    layers.post_attn_norm.scale [layers, embed]                    only if `config.post_norms`
     layers.mlp_norm.scale  [layers, embed]
+    layers.post_mlp_norm.scale  [layers, embed]                    only if `config.post_norms`
     layers.mlp.gate_proj   [layers, embed, mlp]
     layers.mlp.up_proj     [layers, embed, mlp]
     layers.mlp.down_proj   [layers, mlp, embed]
@@ -18,11 +21,14 @@ Parameter tree (`nnx.state(model)`), with logical axis names in each Param's `ou
     lm_head                [embed, vocab]                          only if not `tie_embeddings`
 
 Layers are stacked on a leading axis and run with `jax.lax.scan`, so compile time does not grow
-with depth. Jitted code should call `forward` on the `nnx.split` state, not the module.
+with depth; what differs between layers (Gemma's local and global attention: the window and the
+RoPE base) is scanned over beside their parameters. Jitted code should call `forward` on the
+`nnx.split` state, not the module.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import flax.struct
@@ -31,7 +37,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from nlhf_jax.models import lora
-from nlhf_jax.models.attention import ATTENTION, apply_rope, rope_inv_freq
+from nlhf_jax.models.attention import ATTENTION, apply_rope, rope_table
 from nlhf_jax.models.config import TransformerConfig
 
 Array = jax.Array
@@ -90,17 +96,44 @@ def _param(rngs: nnx.Rngs, init, shape: tuple[int, ...], axes: tuple[str, ...], 
 
 
 class RMSNorm(nnx.Module):
-    """Root-mean-square norm; the statistic is taken in float32 whatever the compute dtype."""
+    """Root-mean-square norm; the statistic is taken in float32 whatever the compute dtype. The
+    scale is ``offset + w`` (Gemma: offset 1, w initialized to 0; Llama: offset 0, w to 1)."""
 
-    def __init__(self, dim: int, eps: float, param_dtype, *, rngs: nnx.Rngs, axis: str = "embed"):
-        self.scale = _param(rngs, nnx.initializers.ones, (dim,), (axis,), param_dtype)
+    def __init__(
+        self,
+        dim: int,
+        eps: float,
+        param_dtype,
+        *,
+        rngs: nnx.Rngs,
+        axis: str = "embed",
+        offset: float = 0.0,
+    ):
+        init = nnx.initializers.constant(1.0 - offset)
+        self.scale = _param(rngs, init, (dim,), (axis,), param_dtype)
         self.eps = eps
+        self.offset = offset
 
     def __call__(self, x_btd: Array) -> Array:
         x32 = x_btd.astype(jnp.float32)
         normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        # Cast before scaling, as HF does, so bf16 runs round at the same place.
+        if self.offset:  # Gemma's: scaled in float32, cast last
+            return (normed * (self.offset + self.scale[...].astype(jnp.float32))).astype(
+                x_btd.dtype
+            )
+        # Cast before scaling, as HF's Llama does, so bf16 runs round at the same place.
         return self.scale[...].astype(x_btd.dtype) * normed.astype(x_btd.dtype)
+
+
+def _norm(config: TransformerConfig, rngs: nnx.Rngs, dim: int | None = None, axis="embed"):
+    return RMSNorm(
+        dim or config.d_model,
+        config.rms_norm_eps,
+        config.jnp_param_dtype,
+        rngs=rngs,
+        axis=axis,
+        offset=config.norm_offset,
+    )
 
 
 # config.remat -> the jax.checkpoint policy of each block (None: save nothing but the inputs).
@@ -141,8 +174,8 @@ class Attention(nnx.Module):
             self.k_bias = _param(rngs, zeros, kv_shape[1:], kv_axes[1:], pd)
             self.v_bias = _param(rngs, zeros, kv_shape[1:], kv_axes[1:], pd)
         if c.qk_norm:
-            self.q_norm = RMSNorm(c.head_dim, c.rms_norm_eps, pd, rngs=rngs, axis="head_dim")
-            self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps, pd, rngs=rngs, axis="head_dim")
+            self.q_norm = _norm(c, rngs, c.head_dim, axis="head_dim")
+            self.k_norm = _norm(c, rngs, c.head_dim, axis="head_dim")
         self.config = config
 
     def __call__(
@@ -173,15 +206,19 @@ class Attention(nnx.Module):
         k = apply_rope(k, positions_bt, inv_freq_h)
         keys_bskh, values_bskh, carry = kv_update(k, v)
         attend = ATTENTION[c.attention]
-        out = attend(q, keys_bskh.astype(dt), values_bskh.astype(dt), mask_bts)
+        keys_bskh, values_bskh = keys_bskh.astype(dt), values_bskh.astype(dt)
+        out = attend(q, keys_bskh, values_bskh, mask_bts, c.attention_scale, c.attn_softcap)
         y = jnp.einsum("btnh,nhd->btd", out, self.o_proj[...].astype(dt))
         if self.o_proj_lora is not None:
             y = y + self.o_proj_lora(out)
         return y, carry
 
 
+ACTIVATION = {"silu": jax.nn.silu, "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True)}
+
+
 class MLP(nnx.Module):
-    """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+    """Gated feed-forward: down(act(gate(x)) * up(x)), SwiGLU (silu) or GeGLU (tanh gelu)."""
 
     def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
         c, pd = config, config.jnp_param_dtype
@@ -194,6 +231,7 @@ class MLP(nnx.Module):
         self.up_proj_lora = lora.adapter(c, "up_proj", *embed, *mlp, rngs)
         self.down_proj_lora = lora.adapter(c, "down_proj", *mlp, *embed, rngs)
         self.dtype = c.jnp_dtype
+        self.activation = c.activation
 
     def _project(self, name: str, x: Array) -> Array:
         y = x @ getattr(self, name)[...].astype(self.dtype)
@@ -201,24 +239,33 @@ class MLP(nnx.Module):
         return y if ad is None else y + ad(x)
 
     def __call__(self, x_btd: Array) -> Array:
-        gate = jax.nn.silu(self._project("gate_proj", x_btd))
+        gate = ACTIVATION[self.activation](self._project("gate_proj", x_btd))
         return self._project("down_proj", gate * self._project("up_proj", x_btd))
 
 
 class Block(nnx.Module):
-    """Pre-norm decoder block: x + attn(norm(x)), then + mlp(norm(.))."""
+    """Pre-norm decoder block: x + attn(norm(x)), then + mlp(norm(.)); with `post_norms`
+    (Gemma 2/3) the attention and MLP outputs are normed too before they are added."""
 
     def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
-        pd = config.jnp_param_dtype
-        self.attn_norm = RMSNorm(config.d_model, config.rms_norm_eps, pd, rngs=rngs)
+        self.attn_norm = _norm(config, rngs)
         self.attn = Attention(config, rngs=rngs)
-        self.mlp_norm = RMSNorm(config.d_model, config.rms_norm_eps, pd, rngs=rngs)
+        self.mlp_norm = _norm(config, rngs)
         self.mlp = MLP(config, rngs=rngs)
+        if config.post_norms:
+            self.post_attn_norm = _norm(config, rngs)
+            self.post_mlp_norm = _norm(config, rngs)
+        self.post_norms = config.post_norms
 
     def __call__(self, x_btd, positions_bt, inv_freq_h, mask_bts, kv_update):
         h, carry = self.attn(self.attn_norm(x_btd), positions_bt, inv_freq_h, mask_bts, kv_update)
+        if self.post_norms:
+            h = self.post_attn_norm(h)
         x_btd = x_btd + h
-        return x_btd + self.mlp(self.mlp_norm(x_btd)), carry
+        h = self.mlp(self.mlp_norm(x_btd))
+        if self.post_norms:
+            h = self.post_mlp_norm(h)
+        return x_btd + h, carry
 
 
 def _stacked_blocks(config: TransformerConfig, rngs: nnx.Rngs) -> Block:
@@ -241,7 +288,7 @@ class Transformer(nnx.Module):
         self.config = config
         self.embed = _param(rngs, normal, (c.vocab_size, c.d_model), ("vocab", "embed"), pd)
         self.layers = _stacked_blocks(config, rngs)
-        self.final_norm = RMSNorm(c.d_model, c.rms_norm_eps, pd, rngs=rngs)
+        self.final_norm = _norm(c, rngs)
         if not c.tie_embeddings:
             self.lm_head = _param(rngs, normal, (c.d_model, c.vocab_size), ("embed", "vocab"), pd)
 
@@ -264,7 +311,8 @@ class Transformer(nnx.Module):
             input_mask_bt = jnp.ones((b, t), bool)
         input_mask_bt = input_mask_bt.astype(bool)
         x_btd = jnp.take(self.embed[...], tokens_bt, axis=0).astype(dt)
-        inv_freq_h = rope_inv_freq(c)
+        if c.embed_scale:  # Gemma's sqrt(d_model), rounded to the compute dtype as HF's is
+            x_btd = x_btd * jnp.asarray(c.d_model**0.5, dt)
         if cache is None:
             causal_ts = jnp.tril(jnp.ones((t, t), bool))
             mask_bts = causal_ts[None] & input_mask_bt[:, None, :]
@@ -279,13 +327,15 @@ class Transformer(nnx.Module):
             # A slot's position: the real tokens before it (how positions_from_mask counts).
             key_positions_bs = jnp.cumsum(key_valid_bs, axis=1) - 1
             kv_carry = (cache.k, cache.v)
-        if c.sliding_window:  # on positions: padding inside a row takes no part of the window
+        sliding = c.sliding_layers
+        local_mask_bts = mask_bts
+        if any(sliding):  # on positions: padding inside a row takes no part of the window
             near = positions_bt[:, :, None] - key_positions_bs[:, None, :] < c.sliding_window
-            mask_bts = mask_bts & near
+            local_mask_bts = mask_bts & near
 
         layer_def, layer_state = nnx.split(self.layers)
 
-        def run_block(x_btd, k_cache, v_cache, i, state):
+        def run_block(x_btd, k_cache, v_cache, i, state, local, inv_freq_h):
             def kv_update(k_btkh, v_btkh):
                 if k_cache is None:
                     return k_btkh, v_btkh, (None, None)
@@ -296,7 +346,11 @@ class Transformer(nnx.Module):
                 return kc[i], vc[i], (kc, vc)
 
             block = nnx.merge(layer_def, state)
-            return block(x_btd, positions_bt, inv_freq_h, mask_bts, kv_update)
+            if all(sliding) or not any(sliding):  # every layer alike: no choice in the scan
+                mask = local_mask_bts if all(sliding) else mask_bts
+            else:
+                mask = jnp.where(local, local_mask_bts, mask_bts)
+            return block(x_btd, positions_bt, inv_freq_h, mask, kv_update)
 
         if cache is None and c.remat != "none":
             # On the split state, so plain jax.checkpoint (nnx.remat would re-split the block).
@@ -308,11 +362,11 @@ class Transformer(nnx.Module):
 
         def body(carry, xs):
             x_btd, (k_cache, v_cache) = carry
-            i, state = xs
-            x_btd, kv = run_block(x_btd, k_cache, v_cache, i, state)
+            x_btd, kv = run_block(x_btd, k_cache, v_cache, *xs)
             return (x_btd, kv), None
 
-        xs = (jnp.arange(c.num_layers), layer_state)
+        # Per layer: its index, parameters, whether it reads the window only, its RoPE.
+        xs = (jnp.arange(c.num_layers), layer_state, jnp.asarray(sliding), rope_table(c))
         (x_btd, (k, v)), _ = jax.lax.scan(body, (x_btd, kv_carry), xs)
         new_cache = None
         if cache is not None:
@@ -335,7 +389,9 @@ class Transformer(nnx.Module):
         w_dv = self.output_weights()
         if columns is not None:
             w_dv = w_dv[:, columns]
-        return jnp.einsum("...d,dv->...v", h_xd, w_dv, preferred_element_type=jnp.float32)
+        logits = jnp.einsum("...d,dv->...v", h_xd, w_dv, preferred_element_type=jnp.float32)
+        cap = self.config.final_softcap
+        return cap * jnp.tanh(logits / cap) if cap else logits
 
     def logits(self, h_btd: Array) -> Array:
         """Float32 logits [b, t, vocab] from final-normed hidden states."""

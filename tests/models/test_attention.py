@@ -88,8 +88,8 @@ def test_a_wrong_mask_is_far_outside_the_tolerance():
     _, mask_bt = _left_padded([10, 7, 3], 10)
     causal_ts = jnp.tril(jnp.ones((10, 10), bool))
     mask_bts = causal_ts[None] & mask_bt[:, None, :]
-    dot = jax.jit(dot_product_attention)
-    reference = jax.jit(einsum_attention)(q, k, v, mask_bts)
+    dot = jax.jit(functools.partial(dot_product_attention, scale=8**-0.5))
+    reference = jax.jit(functools.partial(einsum_attention, scale=8**-0.5))(q, k, v, mask_bts)
     _assert_close(dot(q, k, v, mask_bts), reference)
     wrong = dot(q, k, v, jnp.broadcast_to(causal_ts, mask_bts.shape))
     with pytest.raises(AssertionError):

@@ -1,5 +1,5 @@
-"""Golden parity with transformers' PyTorch Llama/Qwen2/Qwen3, export/import, tokenizers, bad
-input."""
+"""Golden parity with transformers' PyTorch Llama/Mistral/Qwen2/Qwen3/Gemma2/Gemma3, export/import,
+tokenizers, bad input."""
 
 from __future__ import annotations
 
@@ -45,6 +45,30 @@ def _torch_model(kind: str):
     elif kind == "mistral":  # Untied, a sliding window shorter than the SEQ = 12 tokens.
         config = transformers.MistralConfig(**common, sliding_window=5, tie_word_embeddings=False)
         model_cls = transformers.MistralForCausalLM
+    elif kind == "gemma2":  # Tied; local/global layers with a window shorter than the rows,
+        # both soft-caps near the values' scale (so they bend them), a query scale that is not
+        # head_dim's, head_dim 16 != hidden / heads.
+        gemma = dict(head_dim=16, sliding_window=5, query_pre_attn_scalar=24)
+        config = transformers.Gemma2Config(
+            **common, **gemma, attn_logit_softcapping=3.0, final_logit_softcapping=2.0
+        )
+        model_cls = transformers.Gemma2ForCausalLM
+    elif kind == "gemma3":  # Untied; one global layer after a local one, RoPE bases per layer
+        # type with linear scaling on the global layer (as Gemma 3 4B's), q/k norms.
+        rope = {
+            "full_attention": {"rope_type": "linear", "rope_theta": 1e6, "factor": 8.0},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+        }
+        config = transformers.Gemma3TextConfig(
+            **common,
+            head_dim=16,
+            sliding_window=5,
+            query_pre_attn_scalar=24,
+            layer_types=["sliding_attention", "full_attention"],
+            rope_parameters=rope,
+            tie_word_embeddings=False,
+        )
+        model_cls = transformers.Gemma3ForCausalLM
     elif kind == "qwen3":  # Untied, q/k norms, head_dim 16 != hidden / heads = 8 (as Qwen3's).
         config = transformers.Qwen3Config(**common, head_dim=16, tie_word_embeddings=False)
         model_cls = transformers.Qwen3ForCausalLM
@@ -78,7 +102,7 @@ def _params(model: Transformer) -> dict[str, np.ndarray]:
     return {"/".join(map(str, path)): np.asarray(v.get_value()) for path, v in flat}
 
 
-@pytest.fixture(scope="module", params=["llama", "mistral", "qwen2", "qwen3"])
+@pytest.fixture(scope="module", params=["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3"])
 def checkpoint(request, tmp_path_factory):
     """(torch model, its save_pretrained directory, token batch)."""
     model = _torch_model(request.param)
@@ -91,7 +115,7 @@ def checkpoint(request, tmp_path_factory):
 def test_logits_match_pytorch_transformers(checkpoint):
     torch_model, path, tokens_bt = checkpoint
     model = hf.load_pretrained(path)
-    assert model.config.tie_embeddings == (torch_model.config.model_type == "qwen2")
+    assert model.config.tie_embeddings == (torch_model.config.model_type in ("qwen2", "gemma2"))
     expected = _torch_logits(torch_model, tokens_bt)
     assert np.abs(expected).max() > 1.0  # The comparison is not between near-zero numbers.
     np.testing.assert_allclose(_our_logits(model, tokens_bt), expected, atol=ATOL, rtol=RTOL)
@@ -99,7 +123,7 @@ def test_logits_match_pytorch_transformers(checkpoint):
 
 def test_export_round_trips_and_loads_in_pytorch(checkpoint, tmp_path):
     transformers = pytest.importorskip("transformers")
-    _, path, tokens_bt = checkpoint
+    source, path, tokens_bt = checkpoint
     model = hf.load_pretrained(path)
     hf.save_pretrained(model, str(tmp_path))
 
@@ -110,8 +134,43 @@ def test_export_round_trips_and_loads_in_pytorch(checkpoint, tmp_path):
         np.testing.assert_array_equal(again[name], original[name], err_msg=name)
 
     torch_model = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path)).eval()
+    assert type(torch_model) is type(source)  # exported as its own family, not a look-alike
     np.testing.assert_allclose(
         _torch_logits(torch_model, tokens_bt), _our_logits(model, tokens_bt), atol=ATOL, rtol=RTOL
+    )
+
+
+def test_a_gemma3_image_and_text_checkpoint_loads_its_language_model(tmp_path, caplog):
+    """A Gemma3ForConditionalGeneration (Gemma 3 4B and larger) loads as its language model, with
+    one line saying the vision tower is not used; on text its logits are the whole model's."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    text = dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2)
+    text.update(num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=5)
+    text.update(layer_types=["sliding_attention", "full_attention"], initializer_range=0.2)
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1)
+    vision.update(num_attention_heads=2, image_size=28, patch_size=14)
+    config = transformers.Gemma3Config(
+        text_config=text, vision_config=vision, mm_tokens_per_image=4, image_token_index=96
+    )
+    torch.manual_seed(0)
+    whole = transformers.Gemma3ForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for name, p in whole.named_parameters():
+            if "norm" in name:
+                p.add_(0.3 * torch.randn_like(p))
+    whole.save_pretrained(str(tmp_path))
+    with caplog.at_level("WARNING", logger="nlhf_jax.models.hf"):
+        model = hf.load_pretrained(str(tmp_path))
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path}: an image-and-text checkpoint: its language model is loaded, its vision "
+        f"tower ({sum('vision_tower' in n or 'projector' in n for n in whole.state_dict())} "
+        "tensors) is not used"
+    ]
+    assert model.config.model_family == "gemma3"
+    tokens_bt = np.random.default_rng(0).integers(0, 90, (2, SEQ))  # no image token
+    np.testing.assert_allclose(
+        _our_logits(model, tokens_bt), _torch_logits(whole, tokens_bt), atol=ATOL, rtol=RTOL
     )
 
 
@@ -238,14 +297,22 @@ def test_the_family_is_the_loaders_not_a_guess_from_features():
     assert hf.hf_config_from(qwen3).model_type == "qwen3"
     assert hf.config_from_hf(hf.hf_config_from(qwen3)).family == "qwen3"
     assert hf.hf_config_from(TINY.replace(qkv_bias=True)).model_type == "qwen2"  # unnamed: implied
-    with pytest.raises(ValueError, match="family='llama' has qkv_bias=False and qk_norm=False"):
+    with pytest.raises(ValueError, match="family='llama' has qkv_bias=False, qk_norm=False and"):
         TINY.replace(qk_norm=True, family="llama")
+    # Gemma 3 norms q and k as Qwen3 does: its blocks say which it is, unnamed or exported.
+    gemma = dict(activation="gelu_tanh", norm_offset=1.0, embed_scale=True, post_norms=True)
+    assert TINY.replace(qk_norm=True, **gemma).model_family == "gemma3"
+    assert hf.hf_config_from(TINY.replace(qk_norm=True, **gemma)).model_type == "gemma3_text"
+    assert hf.hf_config_from(TINY.replace(**gemma)).model_type == "gemma2"
+    with pytest.raises(ValueError, match=r"family='qwen3' has .* Gemma's blocks False"):
+        TINY.replace(qk_norm=True, family="qwen3", **gemma)
     with pytest.raises(ValueError, match="family='gpt2': choose one of"):
         TINY.replace(family="gpt2")
     import dataclasses
 
     old = dataclasses.asdict(TINY.replace(qk_norm=True))
-    del old["family"]
+    for field in ("family", "activation", "layer_types", "rope_linear_factor"):  # added later
+        del old[field]
     new = dataclasses.asdict(qwen3)
     assert _comparable({"model": old}) == _comparable({"model": new})
     assert _comparable({"model": old}) != _comparable({"model": dataclasses.asdict(TINY)})

@@ -43,11 +43,29 @@ def _left_padded_batch(vocab: int, lengths: list[int], width: int, seed: int = 0
     return jnp.asarray(tokens_bt), jnp.asarray(mask_bt)
 
 
-@pytest.mark.parametrize("tie,window", [(True, 0), (False, 0), (True, 3)])
-def test_cached_decoding_matches_full_forward_on_left_padded_rows(tie, window):
-    # window 3 (Mistral's sliding window): rows of 4 to 10 tokens decode past it.
+# Gemma 2's block and attention with a global layer after a local one: the layer stack reads
+# each layer's window and RoPE base inside its scan; soft-caps near the values' scale.
+GEMMA = dict(
+    activation="gelu_tanh",
+    norm_offset=1.0,
+    embed_scale=True,
+    post_norms=True,
+    query_pre_attn_scalar=24,
+    attn_softcap=3.0,
+    final_softcap=5.0,
+    layer_types=("sliding_attention", "full_attention"),
+    rope_local_theta=100.0,
+)
+
+
+@pytest.mark.parametrize(
+    "tie,window,gemma", [(True, 0, 0), (False, 0, 0), (True, 3, 0), (True, 3, 1)]
+)
+def test_cached_decoding_matches_full_forward_on_left_padded_rows(tie, window, gemma):
+    # window 3 (Mistral's sliding window, or Gemma's on its local layers): rows of 4 to 10
+    # tokens decode past it.
     config = SMALL.replace(tie_embeddings=tie, qkv_bias=not tie and not window)
-    config = config.replace(sliding_window=window)
+    config = config.replace(sliding_window=window, **(GEMMA if gemma else {}))
     graphdef, state = _split(config)
     lengths, width, prefill = [10, 7, 4], 10, 6
     tokens_bt, mask_bt = _left_padded_batch(config.vocab_size, lengths, width)
@@ -113,6 +131,33 @@ def test_sliding_window_counts_positions_not_columns():
     unwindowed = full(*_split(SMALL), jnp.asarray(tokens[None]), jnp.ones((1, 6), bool))[0]
     assert np.abs(np.asarray(unwindowed[3:] - plain[3:])).max() > 1e-3  # positions 3+ see less
     np.testing.assert_allclose(unwindowed[:3], plain[:3], atol=F32_TOL, rtol=F32_TOL)
+
+
+def test_gemma_layers_read_their_own_window_and_rope_base_inside_the_scan():
+    """With local and global layers the scanned stack gives each its own: a local layer after a
+    global one is not the same model as two global or two local layers, and a local layer's
+    RoPE base is its own (changing it changes the logits; changing it on a model whose layers
+    are all global does not)."""
+    mixed = SMALL.replace(sliding_window=3, **GEMMA)
+    tokens = jnp.asarray(np.random.default_rng(2).integers(1, SMALL.vocab_size, (1, 8)))
+    mask = jnp.ones((1, 8), bool)
+    full = jax.jit(forward_full, static_argnums=0)
+
+    def logits(config):
+        return np.asarray(full(*_split(config), tokens, mask))
+
+    reference = logits(mixed)
+    for other in (
+        mixed.replace(layer_types=("full_attention",) * 2),
+        mixed.replace(layer_types=("sliding_attention",) * 2),
+        mixed.replace(layer_types=("full_attention", "sliding_attention")),
+        mixed.replace(rope_local_theta=10_000.0),
+    ):
+        assert np.abs(logits(other) - reference).max() > 1e-3, other
+    all_global = mixed.replace(layer_types=("full_attention",) * 2)
+    np.testing.assert_array_equal(
+        logits(all_global.replace(rope_local_theta=10_000.0)), logits(all_global)
+    )
 
 
 def test_grouped_query_attention_equals_mha_with_repeated_kv_heads():
