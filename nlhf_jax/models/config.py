@@ -6,6 +6,8 @@ import dataclasses
 
 import jax.numpy as jnp
 
+from nlhf_jax.errors import UserError
+
 # The projections a LoRA adapter (`nlhf_jax.models.lora`) may target.
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -245,9 +247,11 @@ class TransformerConfig:
         if self.rope_linear_factor <= 0:
             raise ValueError(f"rope_linear_factor={self.rope_linear_factor} must be positive")
         if self.attn_softcap and self.attention == "dot_product":
-            raise ValueError(
-                f"attn_softcap={self.attn_softcap}: attention='dot_product' "
-                "(jax.nn.dot_product_attention) has no soft-cap; use attention='einsum'"
+            # A user's choice (config.model.attention) against a checkpoint: one line.
+            raise UserError(
+                "attention='dot_product' (jax.nn.dot_product_attention) has no soft-cap, and "
+                f"this model soft-caps its attention scores (attn_softcap={self.attn_softcap}): "
+                "use attention='einsum'"
             )
         if self.attention not in ATTENTION_IMPLEMENTATIONS:
             raise ValueError(

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from nlhf_jax.errors import UserError
 from nlhf_jax.models import (
     Transformer,
     TransformerConfig,
@@ -158,6 +159,12 @@ def test_gemma_layers_read_their_own_window_and_rope_base_inside_the_scan():
     np.testing.assert_array_equal(
         logits(all_global.replace(rope_local_theta=10_000.0)), logits(all_global)
     )
+
+
+def test_a_soft_cap_with_the_dot_product_kernel_is_refused_in_one_line():
+    with pytest.raises(UserError, match=r"attention='dot_product'.* has no soft-cap.*einsum"):
+        SMALL.replace(**GEMMA, attention="dot_product")
+    SMALL.replace(**{**GEMMA, "attn_softcap": 0.0}, attention="dot_product")  # no cap: allowed
 
 
 def test_grouped_query_attention_equals_mha_with_repeated_kv_heads():
