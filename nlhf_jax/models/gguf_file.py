@@ -9,13 +9,21 @@ undo what llama.cpp's converter did:
   (``_NAMES``);
 - the Llama family's q and k projections are stored with the rows of each head permuted for
   llama.cpp's interleaved RoPE (its ``convert_hf_to_gguf.py``, ``LlamaModel.permute``): rows
-  ``[half, pair]`` of a head become ``[pair, half]``; ``_unpermute`` puts them back. Qwen2 and
-  Qwen3 use the rotate-half RoPE in llama.cpp too and are stored as they are.
+  ``[half, pair]`` of a head become ``[pair, half]``; ``_unpermute`` puts them back. Qwen2,
+  Qwen3 and Gemma use the rotate-half RoPE in llama.cpp too and are stored as they are;
+- Gemma's norm weights are stored plus one (ggml scales by ``w``, Gemma by ``1 + w``): one is
+  taken off again.
+
+What a Gemma GGUF does not record is llama.cpp's fixed choice for the architecture: one global
+layer in 2 (Gemma 2) or 6 (Gemma 3), local layers' RoPE base 10,000 (Gemma 3), and the query
+scale ``head_dim`` except for the 27B models (``d_model / heads``).
 
 The tokenizer: the byte-level BPE vocabularies (``tokenizer.ggml.model == "gpt2"``) whose
 pre-tokenizer (``tokenizer.ggml.pre``) is one of ``_PRE_TOKENIZERS``, rebuilt with ``tokenizers``
 as a ``PreTrainedTokenizerFast``; control tokens are special tokens, the chat template is the
-file's ``tokenizer.chat_template``. Anything else is refused in one line naming the file.
+file's ``tokenizer.chat_template``. SentencePiece vocabularies (``"llama"``: Gemma's, Llama 2's)
+are built by transformers' own GGUF converter. Anything else is refused in one line naming the
+file.
 """
 
 from __future__ import annotations
@@ -34,7 +42,12 @@ ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
+    "gemma3": "Gemma3ForCausalLM",
 }
+_GEMMA = ("gemma2", "gemma3")
+# Gemma: (one global layer in how many, the 27B model's layer count: its query scale differs).
+_GEMMA_LAYOUT = {"gemma2": (2, 46), "gemma3": (6, 62)}
 
 _NAMES = {
     "token_embd.weight": "model.embed_tokens.weight",
@@ -56,6 +69,12 @@ _BLOCK_NAMES = {
     "ffn_gate.weight": "mlp.gate_proj.weight",
     "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
+}
+# Gemma's four norms a block: ffn_norm is the MLP's input norm, HF's pre_feedforward_layernorm.
+_GEMMA_BLOCK_NAMES = _BLOCK_NAMES | {
+    "ffn_norm.weight": "pre_feedforward_layernorm.weight",
+    "post_attention_norm.weight": "post_attention_layernorm.weight",
+    "post_ffw_norm.weight": "post_feedforward_layernorm.weight",
 }
 
 # The pre-tokenizer splits of llama.cpp's llama-vocab.cpp for the byte-level vocabularies this
@@ -151,6 +170,8 @@ def config_dict(path: str) -> dict:
         },
         "tie_word_embeddings": "output.weight" not in names,
     }
+    if arch in _GEMMA:
+        hf.update(_gemma_fields(path, arch, hf))
     for key, name in (
         ("bos_token_id", "bos"),
         ("eos_token_id", "eos"),
@@ -162,8 +183,46 @@ def config_dict(path: str) -> dict:
     return hf
 
 
+def _gemma_fields(path: str, arch: str, hf: dict) -> dict:
+    """The Gemma config fields of a Gemma GGUF (module docstring: what the file leaves out)."""
+    get = lambda key, default=None: _field(path, f"{arch}.{key}", default)
+    every, layers_27b = _GEMMA_LAYOUT[arch]
+    pattern = get("attention.sliding_window_pattern", every)
+    layers, theta = hf["num_hidden_layers"], hf["rope_parameters"]["rope_theta"]
+    big = layers == layers_27b
+    fields = {
+        "model_type": "gemma3_text" if arch == "gemma3" else arch,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "sliding_window": int(get("attention.sliding_window")),
+        "layer_types": [
+            "sliding_attention" if local else "full_attention" for local in _local(pattern, layers)
+        ],
+        "query_pre_attn_scalar": hf["hidden_size"] // hf["num_attention_heads"]
+        if big
+        else hf["head_dim"],
+        "attn_logit_softcapping": float(get("attn_logit_softcapping", 0.0)) or None,
+        "final_logit_softcapping": float(get("final_logit_softcapping", 0.0)) or None,
+    }
+    if arch == "gemma3":
+        local = float(get("rope.freq_base_swa", 10_000.0))
+        fields["rope_parameters"] = {
+            "full_attention": {"rope_type": "default", "rope_theta": theta},
+            "sliding_attention": {"rope_type": "default", "rope_theta": local},
+        }
+    return fields
+
+
+def _local(pattern, layers: int) -> list[bool]:
+    """Per layer, whether it is local: ``pattern`` is llama.cpp's sliding_window_pattern, one
+    global layer in every ``pattern`` (the last of each group) or a flag per layer."""
+    if isinstance(pattern, int):
+        return [(i + 1) % pattern != 0 for i in range(layers)]
+    return [bool(flag) for flag in pattern]
+
+
 def hf_config(path: str):
-    """The file's model as a transformers config object (Llama, Qwen2 or Qwen3)."""
+    """The file's model as a transformers config object (Llama, Qwen2, Qwen3, Gemma2 or
+    Gemma3's text model)."""
     import transformers
 
     fields = dict(config_dict(path))
@@ -172,6 +231,8 @@ def hf_config(path: str):
         "llama": transformers.LlamaConfig,
         "qwen2": transformers.Qwen2Config,
         "qwen3": transformers.Qwen3Config,
+        "gemma2": transformers.Gemma2Config,
+        "gemma3_text": transformers.Gemma3TextConfig,
     }
     return cls[model_type](**fields)
 
@@ -198,9 +259,10 @@ class Tensors:
             "k_proj": config["num_key_value_heads"],
         }
         self._permuted = config["model_type"] == "llama"
+        self._gemma = config["model_type"] in ("gemma2", "gemma3_text")
         self._tensors, self.file_of = {}, {}
         for t in _reader(path).tensors:
-            name = _hf_name(t.name)
+            name = _hf_name(t.name, _GEMMA_BLOCK_NAMES if self._gemma else _BLOCK_NAMES)
             if name is None:
                 raise UserError(
                     f"{path}: GGUF tensor {t.name} has no Hugging Face counterpart here"
@@ -222,15 +284,17 @@ class Tensors:
         proj = name.split(".")[-2]
         if self._permuted and name.endswith("weight") and proj in self._heads:
             w = _unpermute(w, self._heads[proj])
+        if self._gemma and name.endswith("norm.weight"):
+            w = w - 1.0  # stored as 1 + w (module docstring)
         return w
 
 
-def _hf_name(name: str) -> str | None:
+def _hf_name(name: str, block_names: dict) -> str | None:
     if name in _NAMES:
         return _NAMES[name]
     parts = name.split(".", 2)
-    if len(parts) == 3 and parts[0] == "blk" and parts[2] in _BLOCK_NAMES:
-        return f"model.layers.{parts[1]}.{_BLOCK_NAMES[parts[2]]}"
+    if len(parts) == 3 and parts[0] == "blk" and parts[2] in block_names:
+        return f"model.layers.{parts[1]}.{block_names[parts[2]]}"
     return None
 
 
@@ -242,10 +306,16 @@ def load_tokenizer(path: str):
 
     kind = _field(path, "tokenizer.ggml.model")
     pre = _field(path, "tokenizer.ggml.pre", "default")
+    if kind == "llama":  # SentencePiece: transformers' own GGUF converter
+        folder, name = os.path.split(os.path.abspath(path))
+        return transformers.AutoTokenizer.from_pretrained(
+            folder, gguf_file=name, local_files_only=True
+        )
     if kind != "gpt2" or pre not in _PRE_TOKENIZERS:
         raise UserError(
             f"{path}: tokenizer.ggml.model={kind!r} with tokenizer.ggml.pre={pre!r} is not "
-            f"supported; supported: 'gpt2' (byte-level BPE) with pre in {sorted(_PRE_TOKENIZERS)}"
+            "supported; supported: 'llama' (SentencePiece) and 'gpt2' (byte-level BPE) with "
+            f"pre in {sorted(_PRE_TOKENIZERS)}"
         )
     tokens = [str(t) for t in _field(path, "tokenizer.ggml.tokens")]
     merges = [tuple(str(m).split(" ", 1)) for m in _field(path, "tokenizer.ggml.merges")]

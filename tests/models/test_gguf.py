@@ -51,7 +51,17 @@ _BLOCK = {
 }
 
 
-def _gguf_name(name: str) -> str:
+# Gemma's four norms a block (its ffn_norm is the MLP's input norm).
+_GEMMA_BLOCK = _BLOCK | {
+    "post_attention_layernorm.weight": "post_attention_norm.weight",
+    "pre_feedforward_layernorm.weight": "ffn_norm.weight",
+    "post_feedforward_layernorm.weight": "post_ffw_norm.weight",
+    "self_attn.q_norm.weight": "attn_q_norm.weight",
+    "self_attn.k_norm.weight": "attn_k_norm.weight",
+}
+
+
+def _gguf_name(name: str, block: dict = _BLOCK) -> str:
     top = {
         "model.embed_tokens.weight": "token_embd.weight",
         "model.norm.weight": "output_norm.weight",
@@ -61,7 +71,7 @@ def _gguf_name(name: str) -> str:
     if name == "lm_head.weight":
         return "output.weight"
     _, _, i, rest = name.split(".", 3)
-    return f"blk.{i}.{_BLOCK[rest]}"
+    return f"blk.{i}.{block[rest]}"
 
 
 def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -106,7 +116,8 @@ def write_gguf(path: str, model, arch: str, *, pre: str, quantized: tuple[str, .
     w.add_key_length(head_dim)
     w.add_value_length(head_dim)
     w.add_rope_dimension_count(head_dim)
-    w.add_rope_freq_base(c.rope_parameters["rope_theta"])
+    rope = c.rope_parameters.get("full_attention", c.rope_parameters)  # Gemma 3's: per type
+    w.add_rope_freq_base(rope["rope_theta"])
     w.add_layer_norm_rms_eps(c.rms_norm_eps)
     w.add_vocab_size(c.vocab_size)
     w.add_tokenizer_model("gpt2")
@@ -119,6 +130,9 @@ def write_gguf(path: str, model, arch: str, *, pre: str, quantized: tuple[str, .
     w.add_pad_token_id(tokens.index("<pad>"))
     w.add_add_bos_token(False)
     w.add_chat_template(TEMPLATE)
+    gemma = arch.startswith("gemma")
+    if gemma:  # what llama.cpp writes of Gemma 3; its pattern and local RoPE base are implied
+        w.add_sliding_window(c.sliding_window)
     heads = {"q_proj": c.num_attention_heads, "k_proj": c.num_key_value_heads}
     for name, p in model.state_dict().items():
         if name == "lm_head.weight" and c.tie_word_embeddings:
@@ -127,7 +141,9 @@ def write_gguf(path: str, model, arch: str, *, pre: str, quantized: tuple[str, .
         proj = name.split(".")[-2]
         if arch == "llama" and name.endswith("weight") and proj in heads:
             data = _permute(data, heads[proj])
-        gname = _gguf_name(name)
+        if gemma and name.endswith("norm.weight"):
+            data = data + 1.0  # llama.cpp stores Gemma's 1 + w
+        gname = _gguf_name(name, _GEMMA_BLOCK if gemma else _BLOCK)
         if gname.endswith(quantized) and data.ndim == 2:
             q8 = gguf.GGMLQuantizationType.Q8_0
             w.add_tensor(gname, gguf.quants.quantize(data, q8), raw_dtype=q8)
@@ -154,6 +170,20 @@ def _torch_model(arch: str):
         model = transformers.LlamaForCausalLM(
             transformers.LlamaConfig(**common, tie_word_embeddings=True)
         )
+    elif arch == "gemma3":  # as Gemma 3 270M: head_dim 256 (its query scale), one global
+        # layer after five local ones with a window shorter than the rows, RoPE bases 1e6 / 1e4
+        rope = {
+            "full_attention": {"rope_type": "default", "rope_theta": 1e6},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+        }
+        config = transformers.Gemma3TextConfig(
+            **common | {"num_hidden_layers": 6},
+            head_dim=256,
+            query_pre_attn_scalar=256,
+            sliding_window=5,
+            rope_parameters=rope,
+        )
+        model = transformers.Gemma3ForCausalLM(config)
     else:  # untied, with q/k/v biases
         model = transformers.Qwen2ForCausalLM(
             transformers.Qwen2Config(**common, tie_word_embeddings=False)
@@ -167,7 +197,9 @@ def _torch_model(arch: str):
     return model
 
 
-@pytest.fixture(scope="module", params=[("llama", "gpt-2"), ("qwen2", "qwen2")])
+@pytest.fixture(
+    scope="module", params=[("llama", "gpt-2"), ("qwen2", "qwen2"), ("gemma3", "default")]
+)
 def written(request, tmp_path_factory):
     """(arch, torch model, float32 GGUF path, GGUF path with Q8_0 projections)."""
     arch, pre = request.param
