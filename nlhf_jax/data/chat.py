@@ -22,7 +22,9 @@ tokens from one day to the next; `enable_thinking`, Qwen3's switch: False (the d
 empty `<think></think>` block in the generation prompt, so responses are the answer alone;
 True leaves it to the response, whose `<think>` block the template then writes itself.
 
-Without a template, a prompt is its text and a response its text plus the EOS id.
+Without a template, a prompt is its text after what the tokenizer puts before any text of its
+own (Gemma's and Llama's BOS: ``tokenizer(text)`` as transformers and llama.cpp encode it; a
+model that expects a BOS degenerates without one), and a response its text plus the EOS id.
 """
 
 from __future__ import annotations
@@ -107,6 +109,7 @@ class ChatEncoder:
         self.chat_template = chat_template
         self.options = options or ChatOptions()
         self.templated_rows = 0  # records `encode` rendered through the template
+        self.lead = _leading_specials(tokenizer)
 
     def uses_template(self, *turns: Turn) -> bool:
         """Whether a record with these prompt and responses is rendered by the template."""
@@ -133,7 +136,12 @@ class ChatEncoder:
 
     def prompt_ids(self, prompt: Turn) -> np.ndarray:
         """The token ids of one prompt (a generation's context)."""
-        return np.asarray(self._token_ids([self.prompt_text(prompt)])[0], np.int32)
+        ids = self._token_ids([self.prompt_text(prompt)])[0]
+        return self._prompt(ids, self.uses_template(prompt))
+
+    def _prompt(self, ids: list[int], templated: bool) -> np.ndarray:
+        # A template writes its own BOS; plain text gets the tokenizer's (module docstring).
+        return np.asarray(ids if templated else [*self.lead, *ids], np.int32)
 
     def response_pieces(
         self, prompt: Turn, prompt_text: str, response: Turn, source: str, field: str
@@ -219,8 +227,8 @@ class ChatEncoder:
                 out.append(plan)
                 continue
             encoded = {k: v for k, v in record.items() if k != "prompt" and k not in fields}
-            encoded["prompt"] = np.asarray(next(ids), np.int32)
             templated = self.uses_template(record["prompt"], *(record[f] for f in fields))
+            encoded["prompt"] = self._prompt(next(ids), templated)
             for f in fields:
                 tokens: list[int] = []
                 train: list[bool] = []
@@ -235,6 +243,18 @@ class ChatEncoder:
                 encoded[f"{f}_train"] = np.asarray(train, bool)
             out.append(encoded)
         return out
+
+
+def _leading_specials(tokenizer) -> list[int]:
+    """The ids ``tokenizer`` puts before any text of its own (a BOS, or nothing)."""
+    if tokenizer is None:  # pre-tokenized data
+        return []
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return list(full[:start])
+    return []
 
 
 def _hint(before: str, full: str) -> str:

@@ -96,6 +96,22 @@ def test_llama3_one_bos_and_a_fixed_date(llama3):
     np.testing.assert_array_equal(tokens[0][mask[0]], pair["prompt"])
 
 
+def test_plain_text_prompts_start_as_the_tokenizer_starts_text(llama3, qwen3):
+    """Without a template a prompt is encoded as ``tokenizer(text)`` encodes it: after Llama 3's
+    BOS (a model trained with one degenerates without it: Gemma 3 270M did), after nothing for
+    Qwen3, whose tokenizer adds none; responses never get one."""
+    for tok in (llama3, qwen3):
+        encoder = data.ChatEncoder(tok)
+        (pair,) = encoder.encode("pairs", [_pair()])
+        assert pair["prompt"].tolist() == tok(HH_PROMPT)["input_ids"]
+        assert encoder.prompt_ids(HH_PROMPT).tolist() == tok(HH_PROMPT)["input_ids"]
+        plain = tok(" Blue.", add_special_tokens=False)["input_ids"]
+        assert pair["response_a"].tolist() == [*plain, tok.eos_token_id]
+    bos = llama3.convert_tokens_to_ids("<|begin_of_text|>")
+    assert data.ChatEncoder(llama3).prompt_ids(HH_PROMPT)[0] == bos
+    assert qwen3(HH_PROMPT)["input_ids"] == qwen3(HH_PROMPT, add_special_tokens=False)["input_ids"]
+
+
 def test_every_assistant_turn_trained_with_the_rest_masked(llama3, tmp_path):
     conversation = [
         {"role": "user", "content": "Hi"},
