@@ -111,6 +111,9 @@ LOSS_FAMILIES = {
     "online_ipo": "IPO",
     "ipo_md": "IPO",
     "inpo": "INPO",
+    "comal": "INPO",
+    "mpo": "INPO",
+    "mnpo": "INPO",
     "sft": "SFT (negative log-likelihood)",
 }
 

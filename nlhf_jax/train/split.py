@@ -97,7 +97,7 @@ def compile_split(config: ml_collections.ConfigDict, method, ctx, params=None) -
         loss_fn,
         prepare=prepare,
         after=after,
-        aux=method.aux,
+        aux=method.aux_names(ctx.hp),
         frozen=ctx.frozen_models(),
         batch_spec=PROMPTS,
         prepared_spec=JUDGED_PAIR,

@@ -165,3 +165,29 @@ def test_optimistic_step_is_the_equation():
         (1 - a) * jnp.log(traj[1]) + a * jnp.log(mu) + 0.5 * (2 * P @ traj[1] - P @ traj[0])
     )
     np.testing.assert_allclose(traj[2], want, rtol=1e-12)
+
+
+def test_a_magnetic_step_is_the_minimizer_of_inpos_loss_toward_the_magnet():
+    """Deep MPO (nlhf_jax/train/online/mpo.py) trains each magnetic step as INPO's loss with the
+    magnet as reference and inverse step ``inpo_eta(eta, tau) = (1 + eta tau) / eta``: that
+    loss's gradient vanishes at the exact magnetic step, and not with INPO's own step."""
+    from nlhf_jax.tabular import objectives
+    from nlhf_jax.train.online.mpo import inpo_eta
+
+    P, _ = (a[0] for a in games.contextual_games(jax.random.key(41), 1, 6))
+    pi = jax.nn.softmax(jax.random.normal(jax.random.key(42), (6,)))
+    magnet = jax.nn.softmax(jax.random.normal(jax.random.key(43), (6,)))
+    tau, eta = 0.2, 1.0
+    step = jax.nn.log_softmax(
+        (jnp.log(pi) + eta * tau * jnp.log(magnet) + eta * P @ pi) / (1.0 + eta * tau)
+    )
+    grad = jax.grad(objectives.inpo_loss)
+    args = (jnp.log(pi), jnp.log(magnet), P, tau)
+    assert float(jnp.abs(grad(step, *args, inpo_eta(eta, tau))).max()) < 1e-12
+    assert float(jnp.abs(grad(step, *args, eta)).max()) > 1e-3
+    # The same step as the lab's magnetic mirror descent from pi with the magnet mu.
+    np.testing.assert_allclose(
+        alg.magnetic(P, magnet, tau, 1, eta=eta, pi0=pi)[1],
+        jnp.exp(step),
+        rtol=1e-12,
+    )

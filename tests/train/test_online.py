@@ -89,6 +89,66 @@ def test_inpo_refreshes_pi_t_at_each_round(sft_run, tmp_path):
         assert _equal(traj[s][1]["prev"], want), s
 
 
+@pytest.mark.parametrize("method, moved", [("comal", "anchor"), ("mpo", "magnet")])
+def test_comal_and_mpo_move_their_reference_on_schedule(sft_run, tmp_path, method, moved):
+    """pi_t every round (2 steps), the reference (COMAL's anchor, MPO's magnet) every 4 steps,
+    both otherwise frozen; the reference starts as mu (the start) and the steps are finite."""
+    every = {"comal": {"reset_steps": 4}, "mpo": {"magnet_steps": 4}}[method]
+    config = _config(sft_run, method, round_steps=2, **every)
+    trainer = methods.build(config, str(tmp_path))
+    traj = _trajectory(trainer, 5)
+    assert _equal(traj[0][1][moved], traj[0][0])
+    for s in range(1, len(traj)):
+        params, aux = traj[s]
+        assert _equal(aux["prev"], params if s % 2 == 0 else traj[s - 1][1]["prev"]), s
+        assert _equal(aux[moved], params if s % 4 == 0 else traj[s - 1][1][moved]), s
+    assert not _equal(traj[4][1][moved], traj[0][1][moved])
+
+
+def test_mnpo_population_is_sized_by_its_weights_and_shifts_each_round(sft_run, tmp_path):
+    trainer = methods.build(_config(sft_run, "mnpo", round_steps=2), str(tmp_path))
+    traj = _trajectory(trainer, 6)
+    names = ["pop_0", "pop_1", "pop_2"]  # the default weights (0.5, 0.3, 0.2)
+    assert sorted(traj[0][1]) == names
+    for s in range(1, len(traj)):
+        params, aux = traj[s]
+        before = traj[s - 1][1]
+        if s % 2 == 0:  # a round ends: the policy joins, the others move back one place
+            assert _equal(aux["pop_0"], params), s
+            assert _equal(aux["pop_1"], before["pop_0"]) and _equal(aux["pop_2"], before["pop_1"])
+        else:
+            assert all(_equal(aux[n], before[n]) for n in names), s
+    two = methods.build(_config(sft_run, "mnpo", weights=(0.6, 0.4)), str(tmp_path / "two"))
+    assert sorted(two.init_state().aux) == ["pop_0", "pop_1"]
+
+
+def test_mnpo_with_one_weight_is_inpo(sft_run, tmp_path):
+    """The population of one, weight 1: the same samples, loss and update as INPO, bit for bit;
+    with three players the first step already differs (its population's log-ratios count)."""
+    run = lambda method, **kw: _trajectory(
+        methods.build(_config(sft_run, method, round_steps=2, **kw), str(tmp_path / method)), 3
+    )
+    inpo, one = run("inpo"), run("mnpo", weights=(1.0,))
+    for (p_inpo, aux_inpo), (p_one, aux_one) in zip(inpo, one, strict=True):
+        assert _equal(p_inpo, p_one) and _equal(aux_inpo["prev"], aux_one["pop_0"])
+
+    def losses_of(method, **kw):
+        trainer = methods.build(
+            _config(sft_run, method, round_steps=2, **kw), str(tmp_path / f"{method}_loss")
+        )
+        state, out = trainer.init_state(), []
+        for _ in range(3):
+            state, metrics = trainer.step(state, next(trainer.data))
+            out.append(float(jax.device_get(metrics)["loss"]))
+        return np.array(out)
+
+    # All copies start as mu, so h_t is INPO's in the first round (up to the rounding of the
+    # weights' sum); once it has ended, the population's older members count.
+    inpo_loss, three = losses_of("inpo"), losses_of("mnpo")
+    np.testing.assert_allclose(three[:2], inpo_loss[:2], rtol=1e-5)
+    assert abs(three[2] - inpo_loss[2]) > 1e-3 * abs(inpo_loss[2])
+
+
 @pytest.mark.parametrize("method", ["nash_md", "online_ipo", "ipo_md"])
 def test_stateless_methods_take_finite_steps(sft_run, tmp_path, method):
     trainer = methods.build(_config(sft_run, method), str(tmp_path))

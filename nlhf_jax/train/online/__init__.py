@@ -21,13 +21,32 @@ method            samples                                    aux         hyperpa
 ``inpo``          a, b ~ pi_t, the policy at the round's     ``prev``    tau, eta,
                   start (rounds of ``round_steps``)                      round_steps
 ``rlhf``          y ~ pi, scored by the judge's reward       --          tau
+``comal``         a, b ~ pi_t (INPO's), against a reference  ``prev``    tau, eta,
+                  reset to the policy every ``reset_steps``  ``anchor``  round_steps,
+                                                                         reset_steps
+``mpo``           a, b ~ pi_t, magnetic steps as INPO        ``prev``    tau, eta,
+                  rounds toward a magnet moved every         ``magnet``  round_steps,
+                  ``magnet_steps``                                       magnet_steps
+``mnpo``          a, b ~ pi_t, against a population of the   ``pop_j``   tau, eta,
+                  last ``len(weights)`` round starts         (one per    round_steps,
+                                                             weight)     weights
 ================  =========================================  ==========  ==================
 
 Adding a method: a module with its hyperparameters and ``register(Method(...))``, imported
 below, and a config file (``configs/<method>.py``). Prompts come from ``nlhf_jax.sources``.
 """
 
-from nlhf_jax.train.online import inpo, ipo, nash_ema, nash_md, nash_mp, rlhf  # noqa: F401
+from nlhf_jax.train.online import (  # noqa: F401
+    comal,
+    inpo,
+    ipo,
+    mnpo,
+    mpo,
+    nash_ema,
+    nash_md,
+    nash_mp,
+    rlhf,
+)
 from nlhf_jax.train.online.base import METHODS, Context, Method, get, register
 from nlhf_jax.train.online.trainer import build_online, check_judge_metrics, compile_online
 

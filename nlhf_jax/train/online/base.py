@@ -139,8 +139,11 @@ class Method:
       scores_b: the loss needs the policy's log-probs of ``b`` too (the pairwise losses).
       extra: extra scores of the pair under other parameters (anchor, previous iterate, a
         reward), computed outside the gradient.
-      aux: names of the parameter copies kept in ``state.aux``, each starting as the reference.
-      after: how ``aux`` changes after each update (EMA, re-anchoring, a new round).
+      aux: names of the parameter copies kept in ``state.aux``, each starting as the reference;
+        or a function of the hyperparameters giving them, for state sized by a hyperparameter
+        (MNPO's population of past iterates, ``population`` copies).
+      after: how ``aux`` changes after each update (EMA, re-anchoring, a new round, a moved
+        reference: COMAL's and MPO's).
       needs_reward: the judge must give a scalar reward too (RLHF).
     """
 
@@ -150,9 +153,13 @@ class Method:
     loss: LossFn
     scores_b: bool = False
     extra: ExtraFn | None = None
-    aux: tuple[str, ...] = ()
+    aux: tuple[str, ...] | Callable[[Any], tuple[str, ...]] = ()
     after: AfterFn | None = None
     needs_reward: bool = False
+
+    def aux_names(self, hp) -> tuple[str, ...]:
+        """The names of the copies in ``state.aux`` of a run with hyperparameters ``hp``."""
+        return tuple(self.aux(hp)) if callable(self.aux) else self.aux
 
     def hyperparameters(self, config) -> Any:
         """The frozen hyperparameters of a run's config (its keys named by ``params``' fields)."""
