@@ -312,13 +312,19 @@ def _steps(files, tmp_path, method, judge, steps, **overrides):
     return trainer, state, rows
 
 
-@pytest.mark.parametrize("method", ["comal", "mpo", "mnpo"])
+@pytest.mark.parametrize("method", ["comal", "mpo", "mnpo", "egpo"])
 def test_the_methods_since_the_seeds_train_on_text_with_a_host_judge(files, sft, tmp_path, method):
-    """COMAL, MPO and MNPO on the text path, their step split around a host judge (a function
-    of the decoded texts): two rounds of one step, so the reference or population moves."""
-    schedule = {"comal": {"reset_steps": 2}, "mpo": {"magnet_steps": 2}, "mnpo": {}}[method]
-    _, state, rows = _steps(files, tmp_path, method, PREFER_LONGER, 2, round_steps=1, **schedule)
-    assert int(state.step) == 2 and len(state.aux) >= 2
+    """COMAL, MPO, MNPO and EGPO on the text path, their step split around a host judge (a
+    function of the decoded texts): two rounds of one step, so the reference or population
+    moves (EGPO: a half step and a full step)."""
+    schedule = {
+        "comal": {"reset_steps": 2, "round_steps": 1},
+        "mpo": {"magnet_steps": 2, "round_steps": 1},
+        "mnpo": {"round_steps": 1},
+        "egpo": {},
+    }[method]
+    _, state, rows = _steps(files, tmp_path, method, PREFER_LONGER, 2, **schedule)
+    assert int(state.step) == 2 and state.aux
     for row in rows:
         assert np.isfinite(row["loss"]) and "time/judge_s" in row
 

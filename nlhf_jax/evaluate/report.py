@@ -110,6 +110,7 @@ LOSS_FAMILIES = {
     "rlhf": "policy gradient",
     "online_ipo": "IPO",
     "ipo_md": "IPO",
+    "egpo": "IPO",
     "inpo": "INPO",
     "comal": "INPO",
     "mpo": "INPO",

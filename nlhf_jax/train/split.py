@@ -84,10 +84,10 @@ def compile_split(config: ml_collections.ConfigDict, method, ctx, params=None) -
         a, b = batch["pair_a"], batch["pair_b"]
         answered = _Answered(batch["preference"], batch.get("reward_a"), a.tokens)
         sampled = dataclasses.replace(method, pair=lambda *_: (a, b))
-        fused, _, _ = online_parts(sampled, dataclasses.replace(ctx, judge=answered))
+        fused, *_ = online_parts(sampled, dataclasses.replace(ctx, judge=answered))
         return fused(state, {k: batch[k] for k in PROMPTS}, rng, frozen)
 
-    _, loss_fn, after = online_parts(method, ctx)
+    _, loss_fn, after, update_base = online_parts(method, ctx)
     assemble = None if ctx.base is None else (lambda p, frozen: ctx.bind(frozen).whole(p))
     update = compile_step(
         config,
@@ -97,6 +97,7 @@ def compile_split(config: ml_collections.ConfigDict, method, ctx, params=None) -
         loss_fn,
         prepare=prepare,
         after=after,
+        update_base=update_base,
         aux=method.aux_names(ctx.hp),
         frozen=ctx.frozen_models(),
         batch_spec=PROMPTS,

@@ -149,6 +149,7 @@ def make_step(
     micro_batches: int = 1,
     weight_fn: Callable[[dict], jax.Array] | None = None,
     assemble: Callable[[Any, Any], nnx.State] | None = None,
+    update_base: Callable[[TrainState], nnx.State] | None = None,
 ) -> Callable[[TrainState, dict, Any], tuple[TrainState, dict]]:
     """The pure ``step(state, batch, frozen=None) -> (state, metrics)`` (not yet jitted).
 
@@ -160,7 +161,9 @@ def make_step(
     ``state.aux`` from the new parameters. Metrics get ``loss`` and ``grad_norm``; the method's
     own come from ``prepare`` and ``loss_fn``. With ``assemble(params, frozen)`` the state's
     parameters are only part of the model (LoRA's adapters) and ``loss_fn`` receives the whole
-    model's state (the frozen base with them); the gradient is the part's.
+    model's state (the frozen base with them); the gradient is the part's. The update is added
+    to ``update_base(state)`` when given (an extragradient's anchor: EGPO's full step), else to
+    the parameters the gradient was taken at.
     chex checks the batch against ``batch_spec`` (and
     what ``prepare`` returns against ``prepared_spec``), that every metric is a scalar and that
     the new state has the old one's structure, shapes and dtypes.
@@ -185,7 +188,8 @@ def make_step(
         )
         chex.assert_rank(loss, 0)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        base = state.params if update_base is None else update_base(state)
+        params = optax.apply_updates(base, updates)
         metrics = {**prep_metrics, **metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
         chex.assert_rank(list(metrics.values()), 0)
         new = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
@@ -248,6 +252,7 @@ def compile_step(
     weight_fn: Callable[[dict], jax.Array] | None = None,
     assemble: Callable[[Any, Any], nnx.State] | None = None,
     resident: Mapping[str, Any] | None = None,
+    update_base: Callable[[TrainState], nnx.State] | None = None,
 ) -> Compiled:
     """The sharded step and state of a trainer (see the module docstring).
 
@@ -281,7 +286,7 @@ def compile_step(
     placed_frozen = parallel.put(frozen, frozen_sh)
     step_fn = make_step(
         graphdef, tx, loss_fn, prepare, after, batch_spec, prepared_spec,
-        micro_batches(config), weight_fn, assemble,
+        micro_batches(config), weight_fn, assemble, update_base,
     )  # fmt: skip
     replicated = NamedSharding(where.mesh, PartitionSpec())
     jitted = jax.jit(
@@ -325,15 +330,16 @@ def _judge_metrics(pref_b):
     }
 
 
-def online_parts(method, ctx) -> tuple[Prepare, LossFn, After | None]:
+def online_parts(method, ctx) -> tuple[Prepare, LossFn, After | None, Callable | None]:
     """The step's parts of an online ``method`` (``nlhf_jax.train.online.Method``) in the
     context ``ctx`` (``online.Context``: its hyperparameters, samplers, reference and judge):
 
     ``prepare`` samples the pair (``method.pair``), asks the judge P(a > b), scores the pair
     under the reference and adds the method's extra scores (``method.extra``), all outside the
     gradient; the loss is ``method.loss`` on the policy's teacher-forced log-probs of the pair;
-    ``after`` is ``method.after``. Inside the step the context reads the reference and a model
-    judge from the traced ``frozen`` models (``frozen_models``).
+    ``after`` is ``method.after``; ``update_base`` is ``method.update_base`` (the parameters the
+    update lands on, when not the live ones). Inside the step the context reads the reference
+    and a model judge from the traced ``frozen`` models (``frozen_models``).
     """
 
     def prepare(state, batch, rng, frozen):
@@ -381,7 +387,10 @@ def online_parts(method, ctx) -> tuple[Prepare, LossFn, After | None]:
     after = None
     if method.after is not None:
         after = lambda old, new: new.replace(aux=method.after(ctx.hp, old, new))
-    return prepare, loss_fn, after
+    update_base = None
+    if method.update_base is not None:
+        update_base = lambda state: method.update_base(ctx.hp, state)
+    return prepare, loss_fn, after, update_base
 
 
 def compile_fused(config: ml_collections.ConfigDict, method, ctx, params=None) -> Compiled:
@@ -390,7 +399,7 @@ def compile_fused(config: ml_collections.ConfigDict, method, ctx, params=None) -
     judging, scoring and the update fused in one jitted step, for a jittable judge. A host judge
     gets ``nlhf_jax.train.split.compile_split``; ``nlhf_jax.train.online.compile_online``
     chooses."""
-    prepare, loss_fn, after = online_parts(method, ctx)
+    prepare, loss_fn, after, update_base = online_parts(method, ctx)
     assemble = None if ctx.base is None else (lambda p, frozen: ctx.bind(frozen).whole(p))
     return compile_step(
         config,
@@ -400,6 +409,7 @@ def compile_fused(config: ml_collections.ConfigDict, method, ctx, params=None) -
         loss_fn,
         prepare=prepare,
         after=after,
+        update_base=update_base,
         aux=method.aux_names(ctx.hp),
         frozen=ctx.frozen_models(),
         batch_spec=PROMPTS,

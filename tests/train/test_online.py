@@ -149,6 +149,42 @@ def test_mnpo_with_one_weight_is_inpo(sft_run, tmp_path):
     assert abs(three[2] - inpo_loss[2]) > 1e-3 * abs(inpo_loss[2])
 
 
+def test_an_update_lands_on_the_base_a_method_names():
+    """``update_base`` (EGPO's full step): the gradient is taken at the live parameters and the
+    update added to the anchor: with SGD on ``|x|^2 / 2``, x_new = anchor - lr x."""
+    import jax.numpy as jnp
+    import optax
+
+    from nlhf_jax.train.step import init_train_state, make_step
+
+    tx, lr = optax.sgd(0.1), 0.1
+    x, anchor = jnp.array([1.0, -2.0]), jnp.array([5.0, 7.0])
+    loss = lambda graphdef, p, batch, rng: (0.5 * jnp.sum(p**2), {})
+    state = init_train_state(x, tx, 0, aux={"anchor": anchor})
+    for base, want in ((None, x - lr * x), (lambda st: st.aux["anchor"], anchor - lr * x)):
+        new, _ = make_step(None, tx, loss, update_base=base)(state, {})
+        np.testing.assert_allclose(new.params, want, rtol=1e-6)
+
+
+def test_egpo_keeps_the_half_steps_start_and_returns_to_it(sft_run, tmp_path):
+    """Half steps (1, 3) keep where they started as the anchor; full steps (2, 4) leave it and
+    add their update to it, so the policy after a full step is the anchor plus one update, not
+    the half-step policy plus one."""
+    trainer = methods.build(_config(sft_run, "egpo"), str(tmp_path))
+    traj = _trajectory(trainer, 4)
+    for s in range(1, len(traj)):
+        aux = traj[s][1]
+        want = traj[s - 1][0] if s % 2 == 1 else traj[s - 1][1]["anchor"]
+        assert _equal(aux["anchor"], want), s
+    # Adam moves each weight by at most about lr (1e-2) a step (the bias-corrected ratio of its
+    # moments is at most about 1 over two steps): from the anchor the full step lands within
+    # 1.5 lr of where the iteration started; added to the half-step policy instead, the weights
+    # whose two updates share a sign would be about 2 lr away.
+    start, full = _leaves(traj[0][0]), _leaves(traj[2][0])
+    assert max(np.abs(a - b).max() for a, b in zip(full, start, strict=True)) < 1.5e-2
+    assert not _equal(traj[2][0], traj[1][0])
+
+
 @pytest.mark.parametrize("method", ["nash_md", "online_ipo", "ipo_md"])
 def test_stateless_methods_take_finite_steps(sft_run, tmp_path, method):
     trainer = methods.build(_config(sft_run, method), str(tmp_path))

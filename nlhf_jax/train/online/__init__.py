@@ -21,6 +21,9 @@ method            samples                                    aux         hyperpa
 ``inpo``          a, b ~ pi_t, the policy at the round's     ``prev``    tau, eta,
                   start (rounds of ``round_steps``)                      round_steps
 ``rlhf``          y ~ pi, scored by the judge's reward       --          tau
+``egpo``          a, b ~ pi at the half step, then at the     ``anchor``  tau
+                  half-step policy; the full step's update
+                  lands on the anchor (extragradient)
 ``comal``         a, b ~ pi_t (INPO's), against a reference  ``prev``    tau, eta,
                   reset to the policy every ``reset_steps``  ``anchor``  round_steps,
                                                                          reset_steps
@@ -38,6 +41,7 @@ below, and a config file (``configs/<method>.py``). Prompts come from ``nlhf_jax
 
 from nlhf_jax.train.online import (  # noqa: F401
     comal,
+    egpo,
     inpo,
     ipo,
     mnpo,

@@ -122,6 +122,8 @@ ExtraFn = Callable[[Context, "TrainState", Array, Array, Any, Any], tuple[dict, 
 LossFn = Callable[[Any, dict, Array, Array | None], Array]
 # after(hp, old_state, new_state) -> the new ``aux`` dict.
 AfterFn = Callable[[Any, "TrainState", "TrainState"], dict]
+# update_base(hp, state) -> the parameters this step's update is added to.
+UpdateBaseFn = Callable[[Any, "TrainState"], Any]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,6 +147,9 @@ class Method:
       after: how ``aux`` changes after each update (EMA, re-anchoring, a new round, a moved
         reference: COMAL's and MPO's).
       needs_reward: the judge must give a scalar reward too (RLHF).
+      update_base: the parameters a step's update is added to, when not those its gradient was
+        taken at (EGPO: the full step applies the gradient taken at the half step to the
+        anchor); None: the live parameters.
     """
 
     name: str
@@ -156,6 +161,7 @@ class Method:
     aux: tuple[str, ...] | Callable[[Any], tuple[str, ...]] = ()
     after: AfterFn | None = None
     needs_reward: bool = False
+    update_base: UpdateBaseFn | None = None
 
     def aux_names(self, hp) -> tuple[str, ...]:
         """The names of the copies in ``state.aux`` of a run with hyperparameters ``hp``."""

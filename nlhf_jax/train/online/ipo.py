@@ -46,7 +46,8 @@ def pairwise_loss(hp, batch, logp_a, logp_b):
     )
 
 
-def _policy_pair(ctx, state, prompt, mask, k_a, k_b):
+def policy_pair(ctx, state, prompt, mask, k_a, k_b):
+    """Both responses from the live policy, in one decode loop (online IPO's pair)."""
     del k_b  # both in one decode loop
     return ctx.sample_two(state.params, None, 0.0, 0.0, prompt, mask, k_a)
 
@@ -58,6 +59,6 @@ def _mixture_pair(ctx, state, prompt, mask, k_a, k_b):
 
 
 ONLINE_IPO = register(
-    Method("online_ipo", OnlineIPO, pair=_policy_pair, loss=pairwise_loss, scores_b=True)
+    Method("online_ipo", OnlineIPO, pair=policy_pair, loss=pairwise_loss, scores_b=True)
 )
 IPO_MD = register(Method("ipo_md", IPOMD, pair=_mixture_pair, loss=pairwise_loss, scores_b=True))
