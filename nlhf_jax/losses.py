@@ -142,6 +142,20 @@ def inpo_loss(
     return jnp.mean(p * (h_b - target) ** 2 + (1.0 - p) * (h_b + target) ** 2)
 
 
+def sppo_loss(
+    logp_a_bn, prev_logp_a_bn, mask_a_bn, logp_b_bn, prev_logp_b_bn, mask_b_bn, label_b, eta
+) -> Array:
+    """SPPO (docs/algorithms.md 7 and 11) on a pair a, b ~ pi_t (``prev``): each response's
+    log-ratio ``log pi(y)/pi_t(y)`` regressed on ``eta (P(y > pi_t) - 1/2)``, with
+    ``P(a > pi_t)`` estimated by the judged ``P(a > b)`` and ``P(b > pi_t)`` by ``1 - P(a > b)``
+    (the other sample of pi_t; unbiased)."""
+    seq = sequence_logprob
+    p = _sg(label_b)
+    d_a = seq(logp_a_bn - prev_logp_a_bn, mask_a_bn)
+    d_b = seq(logp_b_bn - prev_logp_b_bn, mask_b_bn)
+    return jnp.mean((d_a - eta * (p - 0.5)) ** 2 + (d_b - eta * (0.5 - p)) ** 2)
+
+
 def ema_update(ema, params, decay):
     """Nash-EMA-PG's opponent: ``ema <- decay * ema + (1 - decay) * params`` leaf by leaf
     (NLHF's coefficients 0.999, 0.9995; the exact recursion the paper used is open)."""

@@ -312,9 +312,9 @@ def _steps(files, tmp_path, method, judge, steps, **overrides):
     return trainer, state, rows
 
 
-@pytest.mark.parametrize("method", ["comal", "mpo", "mnpo", "egpo"])
+@pytest.mark.parametrize("method", ["comal", "mpo", "mnpo", "egpo", "sppo"])
 def test_the_methods_since_the_seeds_train_on_text_with_a_host_judge(files, sft, tmp_path, method):
-    """COMAL, MPO, MNPO and EGPO on the text path, their step split around a host judge (a
+    """COMAL, MPO, MNPO, EGPO and SPPO on the text path, their step split around a host judge (a
     function of the decoded texts): two rounds of one step, so the reference or population
     moves (EGPO: a half step and a full step)."""
     schedule = {
@@ -322,6 +322,7 @@ def test_the_methods_since_the_seeds_train_on_text_with_a_host_judge(files, sft,
         "mpo": {"magnet_steps": 2, "round_steps": 1},
         "mnpo": {"round_steps": 1},
         "egpo": {},
+        "sppo": {"round_steps": 1},
     }[method]
     _, state, rows = _steps(files, tmp_path, method, PREFER_LONGER, 2, **schedule)
     assert int(state.step) == 2 and state.aux

@@ -166,3 +166,29 @@ def test_reward_to_go_sft_and_leave_one_out_baseline():
         lambda lp: losses.rlhf_pg_loss(lp, lp * 0, jnp.ones((3, 1), bool), advantage, 0.0)
     )(lp)
     np.testing.assert_allclose(-g[:, 0] * 3, [1 - 4, 2 - 3.5, 6 - 1.5])
+
+
+def test_sppo_loss_over_every_pair_of_a_uniform_pi_t_is_minimized_by_the_sppo_step():
+    """The deep SPPO loss on the batch of every ordered pair (y, y') of n responses (one token
+    each) is its population loss for a uniform pi_t. Its minimizer over the log-ratios is
+    ``eta (P(y > pi_t) - 1/2)``, so the policy it asks for is the tabular SPPO step
+    ``pi' ∝ pi_t exp(eta P pi_t)``; a wrong sign or a missing 1/2 moves the gradient off 0."""
+    from nlhf_jax.tabular import algorithms
+
+    n, eta = 5, 3.0
+    P = games.random_preference(jax.random.key(3), n)
+    ys, ys2 = (jnp.asarray(v) for v in zip(*itertools.product(range(n), repeat=2), strict=True))
+    prev = jnp.full((n,), -jnp.log(n))
+    mask = jnp.ones((n * n, 1), bool)
+
+    def loss(delta):
+        lp = (prev + delta)[:, None]
+        return losses.sppo_loss(
+            lp[ys], prev[ys][:, None], mask, lp[ys2], prev[ys2][:, None], mask, P[ys, ys2], eta
+        )
+
+    best = eta * (P.mean(axis=1) - 0.5)
+    assert float(jnp.abs(jax.grad(loss)(best)).max()) < 1e-6
+    assert float(jnp.abs(jax.grad(loss)(best + 0.1)).max()) > 1e-3
+    step = algorithms.sppo(P, jnp.full((n,), 1.0 / n), 1.0 / eta, 1)[1]
+    np.testing.assert_allclose(jax.nn.softmax(prev + best), step, rtol=1e-5)

@@ -115,6 +115,7 @@ LOSS_FAMILIES = {
     "comal": "INPO",
     "mpo": "INPO",
     "mnpo": "INPO",
+    "sppo": "SPPO",
     "sft": "SFT (negative log-likelihood)",
 }
 

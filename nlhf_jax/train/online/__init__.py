@@ -21,6 +21,8 @@ method            samples                                    aux         hyperpa
 ``inpo``          a, b ~ pi_t, the policy at the round's     ``prev``    tau, eta,
                   start (rounds of ``round_steps``)                      round_steps
 ``rlhf``          y ~ pi, scored by the judge's reward       --          tau
+``sppo``          a, b ~ pi_t; each log-ratio to pi_t         ``prev``    eta,
+                  regressed on eta (P(y > pi_t) - 1/2)                   round_steps
 ``egpo``          a, b ~ pi at the half step, then at the     ``anchor``  tau
                   half-step policy; the full step's update
                   lands on the anchor (extragradient)
@@ -50,6 +52,7 @@ from nlhf_jax.train.online import (  # noqa: F401
     nash_md,
     nash_mp,
     rlhf,
+    sppo,
 )
 from nlhf_jax.train.online.base import METHODS, Context, Method, get, register
 from nlhf_jax.train.online.trainer import build_online, check_judge_metrics, compile_online
