@@ -204,3 +204,25 @@ def test_distributed_env_parsing(monkeypatch):
     monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
     assert parallel.maybe_initialize_distributed(env) is True
     assert calls == [expected]
+
+
+def test_a_gemma_model_sharded_matches_single_device():
+    """Gemma's extra parameters (post norms, q/k norms) take the rules like the others, and its
+    local/global layers, soft-caps and scaled embeddings give the single device's logits."""
+    gemma = TOY.replace(
+        activation="gelu_tanh", norm_offset=1.0, embed_scale=True, post_norms=True, qk_norm=True,
+        query_pre_attn_scalar=24, attn_softcap=3.0, final_softcap=5.0, sliding_window=4,
+        layer_types=("sliding_attention", "full_attention"), rope_local_theta=100.0,
+    )  # fmt: skip
+    graphdef, params = nnx.split(Transformer(gemma, rngs=nnx.Rngs(0)))
+    mask_bt = np.ones((8, 12), bool)
+    mask_bt[1, :5] = False
+    tokens = np.random.default_rng(1).integers(0, TOY.vocab_size, (8, 12))
+    batch = {"tokens": tokens, "mask": mask_bt}
+    mesh, rules = _mesh_222()
+    placed = parallel.put(params, parallel.logical_shardings(params, mesh, rules))
+    assert placed["layers"]["post_mlp_norm"]["scale"].sharding.spec == P(None, "fsdp")
+    device_batch = parallel.shard_batch(batch, parallel.batch_sharding(mesh, rules))
+    _assert_close_to_scale(
+        _logits(graphdef, placed, device_batch), _logits(graphdef, params, batch), what="gemma"
+    )
