@@ -128,6 +128,7 @@ def test_a_file_smaller_than_a_batch_is_one_line(tmp_path):
         ("--config.optimizer.lr=1e-3", ["no key 'optimizer.lr'", "'optimizer.learning_rate'?"]),
         ("--config.num_steps=-3", ["config.num_steps=-3: must be at least 1"]),
         ("--config.batch_size=0", ["config.batch_size=0: must be at least 1"]),
+        ("--config.optimizer.learning_rate=-1e-3", ["learning_rate=-0.001: must be positive"]),
     ],
 )
 def test_mistyped_keys_and_impossible_values_are_one_clean_line(tmp_path, override, needles):
@@ -135,6 +136,16 @@ def test_mistyped_keys_and_impossible_values_are_one_clean_line(tmp_path, overri
     line = _one_error_line(out, *needles)
     assert "\\" not in line  # no escaped quotes or newlines
     assert not os.listdir(tmp_path)  # nothing written
+
+
+def test_the_demo_pipelines_config_passes_validation(tmp_path):
+    """The demo (``make demo``, a bare ``python -m nlhf_jax.train``) leaves the learning rate to
+    each stage (0.0: the default for where it starts): validation lets it through, and the
+    first thing refused is the mistake made here, an unknown policy, before anything runs."""
+    for config in ("configs/demo.py", "configs/demo_since.py"):
+        out = _train("--config", config, f"--workdir={tmp_path}", "--config.demo.policies=nope")
+        _one_error_line(out, "config.demo.policies: unknown ['nope']")
+    assert not os.listdir(tmp_path)
 
 
 def test_help_exits_0_and_print_config_shows_every_key():

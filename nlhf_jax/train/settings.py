@@ -66,7 +66,10 @@ _AT_LEAST = {
     "rlp.num_prompts": 1,
     "rlp.num_samples": 1,
 }
-_POSITIVE = ("optimizer.learning_rate", "optimizer.max_grad_norm", "tau", "lora.alpha")
+_POSITIVE = ("optimizer.max_grad_norm", "tau", "lora.alpha")
+# 0.0 is the learning rate's "the default for where the run starts" (``defaults.resolve``
+# fills it in a run's config; a pipeline's stages each fill their own).
+_NOT_NEGATIVE = ("optimizer.learning_rate",)
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -93,6 +96,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         value = flat.get(key)
         if isinstance(value, (int, float)) and not value > 0:
             raise UserError(f"config.{key}={value}: must be positive")
+    for key in _NOT_NEGATIVE:
+        value = flat.get(key)
+        if isinstance(value, (int, float)) and not value >= 0:
+            raise UserError(f"config.{key}={value}: must be positive (0: the default)")
     top_p = flat.get("sampling.top_p")
     if top_p is not None and not 0.0 < top_p <= 1.0:
         raise UserError(f"config.sampling.top_p={top_p}: must be in (0, 1]")
