@@ -33,6 +33,7 @@ from nlhf_jax.tables import COMPACT, RENDERERS
 SOURCES = {
     "tabular": "tabular/results.json",
     "demo": "demo/results.json",
+    "demo_since": "demo_since/results.json",
     "benchmark_sampling": "benchmarks/sampling.json",
     "benchmark_train_step": "benchmarks/train_step.json",
     "real_size": "benchmarks/real_size.json",
@@ -46,6 +47,7 @@ SOURCES = {
     "text_host_judge": "text_host_judge/eval/results.json",
     "text_long_responses": "benchmarks/text_long_responses.json",
     "gguf_smollm2": "benchmarks/gguf_smollm2.json",
+    "gguf_gemma3": "benchmarks/gguf_gemma3.json",
     "real_size_smollm2": "benchmarks/real_size_smollm2.json",
     "real_recipe": "benchmarks/real_recipe.json",
 }
