@@ -237,6 +237,13 @@ def render_rlp(name: str, r: dict) -> str:
     return "\n".join([_paragraph(text), "", _table(header, rows)])
 
 
+@renderer("demo_since")
+def render_demo_since(r: dict) -> str:
+    """The demo's table of ``configs/demo_since.py``: the methods since the seeds beside
+    Nash-MD-PG and INPO."""
+    return render_demo(r, "demo_since")
+
+
 @renderer("demo_avx2")
 def render_demo_avx2(r: dict) -> str:
     """The demo's table from a run with XLA's CPU code limited to AVX2 (another machine's code)."""

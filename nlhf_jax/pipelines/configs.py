@@ -21,6 +21,18 @@ POLICIES = {
     "online_ipo": ("online_ipo", {}),
     "inpo": ("inpo", {}),
 }
+# name -> (method, overrides): the methods published since the seeds (docs/algorithms.md section
+# 11), with rounds that fit the demo's 300 steps; named in config.demo.policies (configs/
+# demo_since.py compares them with Nash-MD-PG and INPO), not in the demo's default list.
+SINCE_POLICIES = {
+    # At its default eta 10, SPPO (no KL to mu) left mu's support here: 62% invalid mass at
+    # step 200, stopped by the divergence guard (docs/results.md).
+    "sppo": ("sppo", {"round_steps": 30, "eta": 1.0}),
+    "egpo": ("egpo", {}),
+    "comal": ("comal", {"round_steps": 25, "reset_steps": 100}),
+    "mpo": ("mpo", {"round_steps": 25, "magnet_steps": 100}),
+    "mnpo": ("mnpo", {"round_steps": 30}),
+}
 # name -> (stage-1 policy, refresh): RLP (nlhf_jax/pipelines/rlp.py), after the policies above: the
 # judge of the stage-1 policy is retrained on its samples, and the method trained again from SFT.
 RLP_POLICIES = {

@@ -23,7 +23,12 @@ from nlhf_jax import evaluate, provenance
 from nlhf_jax.errors import UserError
 from nlhf_jax.evaluate import report, seeds
 from nlhf_jax.pipelines import rlp
-from nlhf_jax.pipelines.configs import POLICIES, RLP_POLICIES, demo_config  # noqa: F401
+from nlhf_jax.pipelines.configs import (  # noqa: F401
+    POLICIES,
+    RLP_POLICIES,
+    SINCE_POLICIES,
+    demo_config,
+)
 from nlhf_jax.pipelines.stages import run_stage, stage_config
 
 
@@ -74,7 +79,7 @@ def run_pipeline(
     """One seed (``config.seed``) of the whole pipeline into ``workdir``; its evaluation."""
     d = config.demo
     names = [n.strip() for n in d.policies.split(",") if n.strip()]
-    known = {**POLICIES, **RLP_POLICIES}
+    known = {**POLICIES, **SINCE_POLICIES, **RLP_POLICIES}
     unknown = sorted(set(names) - set(known))
     if unknown:
         raise UserError(f"config.demo.policies: unknown {unknown}; known: {', '.join(known)}")
@@ -83,7 +88,7 @@ def run_pipeline(
         print(f"== {', '.join(refreshed)}: skipped (RLP refreshes a learned judge)", flush=True)
         names, refreshed = [n for n in names if n not in RLP_POLICIES], []
     # The stage-1 policies RLP needs are trained even where they are not compared.
-    first = [n for n in names if n in POLICIES]
+    first = [n for n in names if n in POLICIES or n in SINCE_POLICIES]
     first += [RLP_POLICIES[n][0] for n in refreshed if RLP_POLICIES[n][0] not in first]
     if not config.data.data_dir:
         config.data.data_dir = os.path.join(workdir, "data")  # one copy for every stage
@@ -96,7 +101,7 @@ def run_pipeline(
         )
     judge = path("preference_model") if d.judge == "preference_model" else "oracle"
     for name in dict.fromkeys(first):
-        method, overrides = POLICIES[name]
+        method, overrides = {**POLICIES, **SINCE_POLICIES}[name]
         if method == "rlhf":
             overrides = {**overrides, "tau": d.rlhf_tau, "judge": path("reward_model")}
         stage = stage_config(
