@@ -34,6 +34,7 @@ SOURCES = {
     "tabular": "tabular/results.json",
     "demo": "demo/results.json",
     "demo_since": "demo_since/results.json",
+    "reproduce_since": "reproduce_since/results.json",
     "benchmark_sampling": "benchmarks/sampling.json",
     "benchmark_train_step": "benchmarks/train_step.json",
     "real_size": "benchmarks/real_size.json",
@@ -57,6 +58,7 @@ FILE_OF = {
     "reproduce_rlp": "reproduce",
     "reproduce_pairs": "reproduce",
     "real_recipe_summary": "real_recipe",
+    "reproduce_since_pairs": "reproduce_since",
 }
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")

@@ -273,6 +273,18 @@ CONTRASTS = [
     ("rlp_spg", "rlp_uml"),
     ("nash_md_rlp", "nash_md"),
 ]
+# The same for the methods since the seeds (configs/demo_since.py over seeds).
+SINCE_CONTRASTS = [
+    ("sppo", "nash_md"),
+    ("egpo", "nash_md"),
+    ("comal", "nash_md"),
+    ("mpo", "nash_md"),
+    ("mnpo", "nash_md"),
+    ("egpo", "inpo"),
+    ("comal", "inpo"),
+    ("mpo", "inpo"),
+    ("mnpo", "inpo"),
+]
 
 
 def _paired(diffs) -> str:
@@ -287,7 +299,7 @@ def _paired(diffs) -> str:
 
 
 @renderer("reproduce_pairs")
-def render_reproduce_pairs(r: dict) -> str:
+def render_reproduce_pairs(r: dict, name: str = "reproduce", contrasts=CONTRASTS) -> str:
     """Seed-paired differences (a - b within each seed, then the interval over seeds): tighter
     than comparing two intervals, since both methods of a seed share its SFT policy and judges."""
     import numpy as np
@@ -298,7 +310,7 @@ def render_reproduce_pairs(r: dict) -> str:
     rows = [
         [f"{a} - {b}", _paired(gap[:, m.index(a)] - gap[:, m.index(b)]),
          _paired(kl[:, m.index(a)] - kl[:, m.index(b)])]
-        for a, b in CONTRASTS
+        for a, b in contrasts
         if a in m and b in m
     ]  # fmt: skip
     acc = r.get("judge_accuracy_on_policy")
@@ -314,7 +326,7 @@ def render_reproduce_pairs(r: dict) -> str:
                      _paired(values[:, rj, P.index(run)] - values[:, fj, P.index(run)])]
                 )  # fmt: skip
     text = (
-        f"{source_line('reproduce', r)} Differences within each seed, then the mean ± 95% "
+        f"{source_line(name, r)} Differences within each seed, then the mean ± 95% "
         f"interval over the {r.get('num_seeds')} seeds; `*`: the interval excludes 0."
     )
     lines = [_paragraph(text), "", _table(["a - b", "duality gap", "KL(pi \\|\\| mu)"], rows)]
@@ -325,15 +337,29 @@ def render_reproduce_pairs(r: dict) -> str:
 
 
 @renderer("reproduce")
-def render_reproduce(r: dict) -> str:
+def render_reproduce(
+    r: dict, name: str = "reproduce", own: str = "policies and RLP refreshes"
+) -> str:
     """``make reproduce``: every figure of the demo as mean ± 95% interval over seeds."""
     from nlhf_jax.evaluate import seeds
 
     text = (
-        f"{source_line('reproduce', r)} Seeds {r.get('seeds')}: each seed is the whole pipeline "
-        "(its own SFT, preference and reward models, policies and RLP refreshes)."
+        f"{source_line(name, r)} Seeds {r.get('seeds')}: each seed is the whole pipeline "
+        f"(its own SFT, preference and reward models, {own})."
     )
     return "\n".join([_paragraph(text), "", seeds.table(r)])
+
+
+@renderer("reproduce_since")
+def render_reproduce_since(r: dict) -> str:
+    """``configs/demo_since.py`` over seeds: the methods since the seeds, mean ± 95% interval."""
+    return render_reproduce(r, "reproduce_since", "policies")
+
+
+@renderer("reproduce_since_pairs")
+def render_reproduce_since_pairs(r: dict) -> str:
+    """Seed-paired differences of the methods since the seeds against Nash-MD-PG and INPO."""
+    return render_reproduce_pairs(r, "reproduce_since", SINCE_CONTRASTS)
 
 
 # --- sampled evaluations on prompts: python -m nlhf_jax.evaluate --prompts ... --------------
