@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from nlhf_jax import losses
 from nlhf_jax.errors import UserError
 from nlhf_jax.train.online.base import Method, register, where_tree
+from nlhf_jax.train.online.inpo import inpo_against, pair_from_prev, refresh_prev, scores_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,30 +42,6 @@ class COMAL:
             )
 
 
-def pair_from_prev(ctx, state, prompt, mask, k_a, k_b):
-    """Both responses from pi_t (``aux["prev"]``), in one decode loop (INPO's pair)."""
-    del k_b
-    return ctx.sample_two(state.aux["prev"], None, 0.0, 0.0, prompt, mask, k_a)
-
-
-def scores_of(ctx, copies: dict, prompt, mask, a, b) -> dict:
-    """``{name}_logp_a``, ``{name}_logp_b``: the pair's per-token log-probs under each copy."""
-    out = {}
-    for name, params in copies.items():
-        out[f"{name}_logp_a"] = ctx.score(params, prompt, mask, a)
-        out[f"{name}_logp_b"] = ctx.score(params, prompt, mask, b)
-    return out
-
-
-def inpo_against(batch, logp_a, logp_b, reference: str, tau, eta):
-    """INPO's loss with ``{reference}_logp`` in place of mu's and ``prev_logp`` as pi_t's."""
-    return losses.inpo_loss(
-        logp_a, batch[f"{reference}_logp_a"], batch["prev_logp_a"], batch["response_a_mask"],
-        logp_b, batch[f"{reference}_logp_b"], batch["prev_logp_b"], batch["response_b_mask"],
-        batch["preference"], tau, eta,
-    )  # fmt: skip
-
-
 def _extra(ctx, state, prompt, mask, a, b):
     copies = {"prev": state.aux["prev"], "anchor": state.aux["anchor"]}
     return scores_of(ctx, copies, prompt, mask, a, b), {}
@@ -76,10 +52,8 @@ def _loss(hp, batch, logp_a, logp_b):
 
 
 def _after(hp, old, new):
-    return {
-        "prev": where_tree(new.step % hp.round_steps == 0, new.params, old.aux["prev"]),
-        "anchor": where_tree(new.step % hp.reset_steps == 0, new.params, old.aux["anchor"]),
-    }
+    reset = new.step % hp.reset_steps == 0
+    return refresh_prev(hp, old, new) | {"anchor": where_tree(reset, new.params, old.aux["anchor"])}
 
 
 METHOD = register(

@@ -27,41 +27,57 @@ class INPO:
     round_steps: int = 100
 
 
-def _pair(ctx, state, prompt, mask, k_a, k_b):
-    del k_b  # both in one decode loop
+# The pieces of INPO's round that the methods built on it share (SPPO, COMAL, MPO, MNPO).
+
+
+def pair_from_prev(ctx, state, prompt, mask, k_a, k_b):
+    """Both responses from pi_t (``aux["prev"]``), in one decode loop."""
+    del k_b
     return ctx.sample_two(state.aux["prev"], None, 0.0, 0.0, prompt, mask, k_a)
 
 
-def _extra(ctx, state, prompt, mask, a, b):
-    prev = state.aux["prev"]
-    return {
-        "prev_logp_a": ctx.score(prev, prompt, mask, a),
-        "prev_logp_b": ctx.score(prev, prompt, mask, b),
-    }, {}
+def scores_of(ctx, copies: dict, prompt, mask, a, b) -> dict:
+    """``{name}_logp_a``, ``{name}_logp_b``: the pair's per-token log-probs under each copy."""
+    out = {}
+    for name, params in copies.items():
+        out[f"{name}_logp_a"] = ctx.score(params, prompt, mask, a)
+        out[f"{name}_logp_b"] = ctx.score(params, prompt, mask, b)
+    return out
 
 
-def _loss(hp, batch, logp_a, logp_b):
+def inpo_against(batch, logp_a, logp_b, reference: str, tau, eta):
+    """INPO's loss with ``{reference}_logp`` as mu's (``ref``: mu itself) and ``prev_logp`` as
+    pi_t's."""
     return losses.inpo_loss(
-        logp_a, batch["ref_logp_a"], batch["prev_logp_a"], batch["response_a_mask"],
-        logp_b, batch["ref_logp_b"], batch["prev_logp_b"], batch["response_b_mask"],
-        batch["preference"], hp.tau, hp.eta,
+        logp_a, batch[f"{reference}_logp_a"], batch["prev_logp_a"], batch["response_a_mask"],
+        logp_b, batch[f"{reference}_logp_b"], batch["prev_logp_b"], batch["response_b_mask"],
+        batch["preference"], tau, eta,
     )  # fmt: skip
 
 
-def _after(hp, old, new):
+def refresh_prev(hp, old, new) -> dict:
+    """``aux["prev"]``: the policy at the end of each round of ``hp.round_steps``, else kept."""
     end_round = new.step % hp.round_steps == 0
     return {"prev": where_tree(end_round, new.params, old.aux["prev"])}
+
+
+def _extra(ctx, state, prompt, mask, a, b):
+    return scores_of(ctx, {"prev": state.aux["prev"]}, prompt, mask, a, b), {}
+
+
+def _loss(hp, batch, logp_a, logp_b):
+    return inpo_against(batch, logp_a, logp_b, "ref", hp.tau, hp.eta)
 
 
 METHOD = register(
     Method(
         "inpo",
         INPO,
-        pair=_pair,
+        pair=pair_from_prev,
         loss=_loss,
         scores_b=True,
         extra=_extra,
         aux=("prev",),
-        after=_after,
+        after=refresh_prev,
     )
 )

@@ -15,7 +15,7 @@ import dataclasses
 
 from nlhf_jax.errors import UserError
 from nlhf_jax.train.online.base import Method, register, where_tree
-from nlhf_jax.train.online.comal import inpo_against
+from nlhf_jax.train.online.inpo import inpo_against
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,7 +18,7 @@ import dataclasses
 
 from nlhf_jax.errors import UserError
 from nlhf_jax.train.online.base import Method, register, where_tree
-from nlhf_jax.train.online.comal import inpo_against, pair_from_prev, scores_of
+from nlhf_jax.train.online.inpo import inpo_against, pair_from_prev, refresh_prev, scores_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,10 +65,7 @@ def _after(hp, old, new):
     moved = old.aux["magnet"]
     if hp.magnet_steps:
         moved = where_tree(new.step % hp.magnet_steps == 0, new.params, moved)
-    return {
-        "prev": where_tree(new.step % hp.round_steps == 0, new.params, old.aux["prev"]),
-        "magnet": moved,
-    }
+    return refresh_prev(hp, old, new) | {"magnet": moved}
 
 
 METHOD = register(

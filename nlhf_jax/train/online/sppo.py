@@ -16,8 +16,8 @@ import dataclasses
 
 from nlhf_jax import losses
 from nlhf_jax.errors import UserError
-from nlhf_jax.train.online.base import Method, register, where_tree
-from nlhf_jax.train.online.comal import pair_from_prev, scores_of
+from nlhf_jax.train.online.base import Method, register
+from nlhf_jax.train.online.inpo import pair_from_prev, refresh_prev, scores_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,10 +50,6 @@ def _loss(hp, batch, logp_a, logp_b):
     )  # fmt: skip
 
 
-def _after(hp, old, new):
-    return {"prev": where_tree(new.step % hp.round_steps == 0, new.params, old.aux["prev"])}
-
-
 METHOD = register(
     Method(
         "sppo",
@@ -63,6 +59,6 @@ METHOD = register(
         scores_b=True,
         extra=_extra,
         aux=("prev",),
-        after=_after,
+        after=refresh_prev,
     )
 )
