@@ -35,6 +35,15 @@ setup(
         "matplotlib>=3.8",
         "tqdm>=4.66",  # the training progress line (tfds depends on it too)
     ],
+    # The pipelines (nlhf_jax.pipelines) sit above the trainers: `python -m nlhf_jax.train` finds
+    # them, and its embedded default config, here rather than by importing upwards.
+    entry_points={
+        "nlhf_jax.pipelines": [
+            "demo = nlhf_jax.pipelines.demo:run",
+            "rlp = nlhf_jax.pipelines.rlp:run",
+        ],
+        "nlhf_jax.default_config": ["demo = nlhf_jax.pipelines.configs:demo_config"],
+    },
     extras_require={
         "test": [
             "pytest>=8",

@@ -73,3 +73,31 @@ def test_no_import_cycles():
     assert "nlhf_jax.train.step" in modules
     edges = {m: _imports(p, modules) for m, p in modules.items()}
     assert _cycles(edges) == []
+
+
+def test_nothing_below_the_pipelines_imports_them():
+    """The tiers (``nlhf_jax.pipelines``' docstring): pipelines run trainers and nothing else
+    imports a pipeline, not even ``python -m nlhf_jax.train``, which finds them through the
+    package's entry points."""
+    modules = _modules()
+    assert "nlhf_jax.train.__main__" in modules and "nlhf_jax.pipelines.demo" in modules
+    upward = {
+        m: sorted(i for i in _imports(p, modules) if i.startswith("nlhf_jax.pipelines"))
+        for m, p in modules.items()
+        if not m.startswith("nlhf_jax.pipelines")
+    }
+    assert {m: found for m, found in upward.items() if found} == {}
+
+
+def test_the_entry_points_are_the_pipelines_and_the_demos_config():
+    """setup.py's entry points name every pipeline of ``PIPELINES`` and the demo's config, so a
+    pipeline added there and not in setup.py (or the reverse) fails here, not in a user's run."""
+    from importlib import metadata
+
+    from nlhf_jax.pipelines import PIPELINES
+    from nlhf_jax.pipelines.configs import demo_config
+
+    found = {e.name: e.load() for e in metadata.entry_points(group="nlhf_jax.pipelines")}
+    assert found == PIPELINES
+    (default,) = metadata.entry_points(group="nlhf_jax.default_config")
+    assert default.name == "demo" and default.load() is demo_config

@@ -8,7 +8,10 @@
   policy's own samples and the method trained again.
 
 ``text.py`` holds the text path's stage configs (``configs/text.py``). Pipelines sit above
-``nlhf_jax.train``: they import trainers, trainers never import them.
+``nlhf_jax.train``: they import trainers, trainers never import them. ``python -m nlhf_jax.train``
+finds a pipeline, and its own default config (the demo's), through the package's entry points
+(setup.py, groups ``nlhf_jax.pipelines`` and ``nlhf_jax.default_config``): a pipeline added here
+gets its line there too (``tests/test_imports.py`` checks that the two agree).
 """
 
 from nlhf_jax.pipelines import demo, rlp

@@ -6,7 +6,10 @@
 
 A config with a ``pipeline`` key runs that pipeline (``nlhf_jax.pipelines``: ``demo``, ``rlp``),
 any other trains ``config.method``. Without --config it runs the demo pipeline (as
-``--config configs/demo.py`` does, which also takes overrides).
+``--config configs/demo.py`` does, which also takes overrides). Pipelines sit above the trainers:
+this module finds them, and the embedded default config, through the package's entry points
+(groups ``nlhf_jax.pipelines`` and ``nlhf_jax.default_config`` in setup.py), never by importing
+``nlhf_jax.pipelines``.
 
 Resumes from the latest checkpoint in DIR. The resolved config is written to
 ``DIR/config.json``; resuming with other values of keys that change what is trained is refused
@@ -30,6 +33,7 @@ import importlib.util
 import os
 import re
 import sys
+from importlib import metadata
 
 import jax
 from absl import app, flags
@@ -38,8 +42,6 @@ from ml_collections import config_flags
 from nlhf_jax import parallel, sources
 from nlhf_jax.console import quiet_libraries
 from nlhf_jax.errors import UserError, exit_on_user_error
-from nlhf_jax.pipelines import PIPELINES
-from nlhf_jax.pipelines.configs import demo_config
 from nlhf_jax.train import defaults, loop, methods, settings
 from nlhf_jax.train.guard import DivergenceGuard
 
@@ -77,6 +79,22 @@ The keys set first (--config.KEY=VALUE):
 Docs: README.md and docs/ (docs/text.md for your own model and data)."""
 
 
+def _entry_points(group: str) -> dict[str, metadata.EntryPoint]:
+    """The installed package's entry points of ``group`` (setup.py), by name."""
+    found = {e.name: e for e in metadata.entry_points(group=group)}
+    if not found:
+        raise UserError(
+            f"no entry points in group {group!r}: nlhf-jax is not installed as a package "
+            "(pip install -e . in the repository)"
+        )
+    return found
+
+
+def _default_config():
+    """The embedded default: the demo pipeline's config (``nlhf_jax.pipelines.configs``)."""
+    return _entry_points("nlhf_jax.default_config")["demo"].load()()
+
+
 def _config_keys(argv: list[str]) -> list[str] | None:
     """The dotted keys of the config ``--config`` names (None if it cannot be loaded)."""
     spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
@@ -84,7 +102,7 @@ def _config_keys(argv: list[str]) -> list[str] | None:
         spec = argv[argv.index("--config") + 1]
     try:
         if spec is None:
-            return list(settings.flatten(demo_config()))
+            return list(settings.flatten(_default_config()))
         path, _, arg = spec.partition(":")
         module_spec = importlib.util.spec_from_file_location("_config", path)
         module = importlib.util.module_from_spec(module_spec)
@@ -148,7 +166,7 @@ def _defaults():
     """The config of ``--config`` without overrides."""
     spec = config_flags.get_config_filename(flags.FLAGS["config"]) if _CONFIG.value else None
     if spec is None:
-        return demo_config()
+        return _default_config()
     path, _, arg = spec.partition(":")
     module_spec = importlib.util.spec_from_file_location("_config_defaults", path)
     module = importlib.util.module_from_spec(module_spec)
@@ -171,7 +189,7 @@ def _build(config, workdir: str) -> loop.Trainer:
 
 def _train() -> None:
     parallel.maybe_initialize_distributed()  # several processes: jax.distributed, before all
-    config = _CONFIG.value if _CONFIG.value is not None else demo_config()
+    config = _CONFIG.value if _CONFIG.value is not None else _default_config()
     resolved = defaults.resolve(config)
     if _PRINT_CONFIG.value:
         _print_config(config, resolved)
@@ -183,8 +201,9 @@ def _train() -> None:
     settings.validate(config)
     pipeline = config.get("pipeline")
     if pipeline:
-        if pipeline not in PIPELINES:
-            raise UserError(f"config.pipeline={pipeline!r}: choose one of {sorted(PIPELINES)}")
+        pipelines = _entry_points("nlhf_jax.pipelines")
+        if pipeline not in pipelines:
+            raise UserError(f"config.pipeline={pipeline!r}: choose one of {sorted(pipelines)}")
         if jax.process_count() > 1:
             raise UserError(
                 f"the {pipeline} pipeline runs in one process; under several processes run "
@@ -193,7 +212,7 @@ def _train() -> None:
         if not _WORKDIR.value and pipeline != "demo":
             raise UserError("--workdir is required")
         workdir = _WORKDIR.value or "runs/demo"
-        PIPELINES[pipeline](config, workdir, allow_changes=_ALLOW_CHANGES.value)
+        pipelines[pipeline].load()(config, workdir, allow_changes=_ALLOW_CHANGES.value)
         return
     if not _WORKDIR.value:
         raise UserError("--workdir is required")
