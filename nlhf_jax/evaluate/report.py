@@ -25,10 +25,12 @@ def matrix_table(methods: list[str], M, title: str, stderr=None) -> str:
 
 
 def method_table(results: dict) -> str:
-    """One row per method: duality gap, KLs, win rate against the reference, invalid mass."""
+    """One row per method: duality gap, exploitability in the unregularized game, KLs, win
+    rate against the reference, invalid mass."""
     methods, ref = results["methods"], results["methods"].index(results["reference_name"])
     columns = {
         "duality_gap": results["duality_gap"],
+        **({"exploit(tau=0)": results["exploitability"]} if "exploitability" in results else {}),
         "KL(pi||mu)": results["kl_to_reference"],
         "KL(NE||pi)": results["kl_nash_to_policy"],
         "win_vs_ref": [row[ref] for row in results["win_rate"]],
@@ -111,6 +113,7 @@ LOSS_FAMILIES = {
     "online_ipo": "IPO",
     "ipo_md": "IPO",
     "egpo": "IPO",
+    "onpo": "IPO",
     "inpo": "INPO",
     "comal": "INPO",
     "mpo": "INPO",

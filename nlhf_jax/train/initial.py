@@ -22,16 +22,22 @@ from nlhf_jax.models.lora import LoRAConfig
 from nlhf_jax.parallel import on_host
 
 
-def optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """AdamW with linear warm-up and cosine decay, gradient clipping at ``max_grad_norm``."""
+def optimizer(config: ml_collections.ConfigDict, rule=None) -> optax.GradientTransformation:
+    """AdamW with linear warm-up and cosine decay, gradient clipping at ``max_grad_norm``.
+    ``rule(schedule)``, when given, is the update rule in AdamW's place (a method's own:
+    ``nlhf_jax.train.online.Method.optimizer``); it gets the same schedule and clipping, and
+    no weight decay, so a nonzero ``optimizer.weight_decay`` is refused with it."""
     opt = config.optimizer
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, opt.learning_rate, opt.warmup_steps, max(config.num_steps, opt.warmup_steps + 1)
     )
-    return optax.chain(
-        optax.clip_by_global_norm(opt.max_grad_norm),
-        optax.adamw(schedule, weight_decay=opt.weight_decay),
-    )
+    if rule is not None and opt.weight_decay:
+        raise UserError(
+            f"config.optimizer.weight_decay={opt.weight_decay}: method {config.method!r} "
+            "updates with its own rule, which has no weight decay; set it to 0"
+        )
+    inner = optax.adamw(schedule, weight_decay=opt.weight_decay) if rule is None else rule(schedule)
+    return optax.chain(optax.clip_by_global_norm(opt.max_grad_norm), inner)
 
 
 def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> TransformerConfig:

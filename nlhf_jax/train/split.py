@@ -31,13 +31,13 @@ import numpy as np
 
 from nlhf_jax import parallel
 from nlhf_jax.judges.host import check_probabilities
-from nlhf_jax.train import initial
 from nlhf_jax.train.step import (
     JUDGED_PAIR,
     PROMPTS,
     Compiled,
     check_batch,
     compile_step,
+    method_optimizer,
     online_parts,
     step_key,
 )
@@ -93,7 +93,7 @@ def compile_split(config: ml_collections.ConfigDict, method, ctx, params=None) -
         config,
         ctx.graphdef,
         ctx.reference if params is None else params,
-        initial.optimizer(config),
+        method_optimizer(config, method, ctx.hp),
         loss_fn,
         prepare=prepare,
         after=after,

@@ -393,6 +393,15 @@ def online_parts(method, ctx) -> tuple[Prepare, LossFn, After | None, Callable |
     return prepare, loss_fn, after, update_base
 
 
+def method_optimizer(config: ml_collections.ConfigDict, method, hp) -> optax.GradientTransformation:
+    """The run's optimizer for an online ``method`` with hyperparameters ``hp``: AdamW, or the
+    method's own rule (``Method.optimizer``) with the same schedule and clipping."""
+    rule = None
+    if method.optimizer is not None:
+        rule = lambda schedule: method.optimizer(hp, schedule)
+    return initial.optimizer(config, rule)
+
+
 def compile_fused(config: ml_collections.ConfigDict, method, ctx, params=None) -> Compiled:
     """The online ``method``'s sharded step and state on ``config.mesh`` (``compile_step``),
     training ``params`` (default: from the reference; LoRA: the fresh adapters): sampling,
@@ -405,7 +414,7 @@ def compile_fused(config: ml_collections.ConfigDict, method, ctx, params=None) -
         config,
         ctx.graphdef,
         ctx.reference if params is None else params,
-        initial.optimizer(config),
+        method_optimizer(config, method, ctx.hp),
         loss_fn,
         prepare=prepare,
         after=after,

@@ -35,6 +35,8 @@ method            samples                                    aux         hyperpa
 ``mnpo``          a, b ~ pi_t, against a population of the   ``pop_j``   tau, eta,
                   last ``len(weights)`` round starts         (one per    round_steps,
                                                              weight)     weights
+``onpo``          a, b ~ pi, online IPO's loss, updated by   --          tau, optimism
+                  optimistic Adam (its own optimizer)
 ================  =========================================  ==========  ==================
 
 Adding a method: a module with its hyperparameters and ``register(Method(...))``, imported
@@ -51,6 +53,7 @@ from nlhf_jax.train.online import (  # noqa: F401
     nash_ema,
     nash_md,
     nash_mp,
+    onpo,
     rlhf,
     sppo,
 )

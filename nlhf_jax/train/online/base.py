@@ -124,6 +124,8 @@ LossFn = Callable[[Any, dict, Array, Array | None], Array]
 AfterFn = Callable[[Any, "TrainState", "TrainState"], dict]
 # update_base(hp, state) -> the parameters this step's update is added to.
 UpdateBaseFn = Callable[[Any, "TrainState"], Any]
+# optimizer(hp, schedule) -> the update rule in AdamW's place (clipping stays before it).
+OptimizerFn = Callable[[Any, Callable[[Array], Array]], Any]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +152,10 @@ class Method:
       update_base: the parameters a step's update is added to, when not those its gradient was
         taken at (EGPO: the full step applies the gradient taken at the half step to the
         anchor); None: the live parameters.
+      optimizer: the method's own update rule, given the run's learning-rate schedule
+        (``nlhf_jax.train.initial.optimizer``), in place of AdamW; gradient clipping at
+        ``optimizer.max_grad_norm`` still comes first (ONPO: optax's optimistic Adam). None:
+        AdamW.
     """
 
     name: str
@@ -162,6 +168,7 @@ class Method:
     after: AfterFn | None = None
     needs_reward: bool = False
     update_base: UpdateBaseFn | None = None
+    optimizer: OptimizerFn | None = None
 
     def aux_names(self, hp) -> tuple[str, ...]:
         """The names of the copies in ``state.aux`` of a run with hyperparameters ``hp``."""
