@@ -235,6 +235,19 @@ def test_onpos_own_optimizer_reaches_a_bilinear_saddle_where_adamw_spirals_out()
     assert distance("onpo", optimism=0.0) > 1.5 and distance("online_ipo") > 1.5
 
 
+def test_a_methods_own_optimizer_refuses_weight_decay_in_one_line():
+    """AdamW decays weights; a method's own rule has none, so asking for it is refused."""
+    from nlhf_jax.errors import UserError
+    from nlhf_jax.train.step import method_optimizer
+
+    config = _config(None, "onpo")
+    config.optimizer.weight_decay = 0.01
+    m = online.get("onpo")
+    with pytest.raises(UserError, match=r"config.optimizer.weight_decay=0.01: method 'onpo'"):
+        method_optimizer(config, m, m.hyperparameters(config))
+    method_optimizer(config, online.get("online_ipo"), None)  # AdamW takes it
+
+
 def test_onpo_trains_with_its_own_optimizer(sft_run, tmp_path):
     """ONPO's step carries its optimizer's state (the last normalized gradient). Its first step
     is online IPO's (optimism extrapolates from the previous step, and Adam's first ratio is
