@@ -137,13 +137,16 @@ def render_demo(r: dict, name: str = "demo") -> str:
     i_ref = methods.index(ref)
     gaps = r["duality_gap"]
     best = min(range(len(methods)), key=gaps.__getitem__)
-    header = ["policy", "duality gap", "KL(pi \\|\\| mu)", f"beats {ref}"]
+    exploit = r.get("exploitability")  # results written before it have none
+    header = ["policy", "duality gap", *(["exploitability (tau = 0)"] if exploit else [])]
+    header += ["KL(pi \\|\\| mu)", f"beats {ref}"]
     if "nash_md" in methods:
         header += ["vs nash_md, raw", "vs nash_md, regularized"]
     rows = []
     for i, method in enumerate(methods):
         gap = f"**{gaps[i]:.3f}**" if i == best else f"{gaps[i]:.3f}"
         row = [f"{method} (mu)" if i == i_ref else method, gap]
+        row += [f"{exploit[i]:.3f}"] if exploit else []
         row += [_num(r["kl_to_reference"][i]), f"{win[i][i_ref]:.3f}"]
         if "nash_md" in methods:
             j = methods.index("nash_md")
@@ -153,7 +156,13 @@ def render_demo(r: dict, name: str = "demo") -> str:
     lines = [
         _paragraph(
             f"{source_line(name, r)} tau = {cfg.get('tau')}; win rates (row beats column) are "
-            "exact under the true oracle, raw or in the tau-regularized game."
+            "exact under the true oracle, raw or in the tau-regularized game"
+            + (
+                "; exploitability: the duality gap of the unregularized game (tau = 0), "
+                "`2 max_y P(y > pi) - 1`."
+                if exploit
+                else "."
+            )
         ),
         "",
         _table(header, rows),
@@ -280,6 +289,8 @@ SINCE_CONTRASTS = [
     ("comal", "nash_md"),
     ("mpo", "nash_md"),
     ("mnpo", "nash_md"),
+    ("onpo", "nash_md"),
+    ("onpo", "online_ipo"),
     ("egpo", "inpo"),
     ("comal", "inpo"),
     ("mpo", "inpo"),
@@ -305,14 +316,14 @@ def render_reproduce_pairs(r: dict, name: str = "reproduce", contrasts=CONTRASTS
     import numpy as np
 
     m = r["methods"]
-    gap = np.asarray(r["duality_gap"]["values"])
-    kl = np.asarray(r["kl_to_reference"]["values"])
+    figures = {"duality gap": "duality_gap", "exploitability (tau = 0)": "exploitability",
+               "KL(pi \\|\\| mu)": "kl_to_reference"}  # fmt: skip
+    figures = {h: np.asarray(r[k]["values"]) for h, k in figures.items() if k in r}
     rows = [
-        [f"{a} - {b}", _paired(gap[:, m.index(a)] - gap[:, m.index(b)]),
-         _paired(kl[:, m.index(a)] - kl[:, m.index(b)])]
+        [f"{a} - {b}", *(_paired(v[:, m.index(a)] - v[:, m.index(b)]) for v in figures.values())]
         for a, b in contrasts
         if a in m and b in m
-    ]  # fmt: skip
+    ]
     acc = r.get("judge_accuracy_on_policy")
     judge_rows = []
     if acc:
@@ -329,7 +340,7 @@ def render_reproduce_pairs(r: dict, name: str = "reproduce", contrasts=CONTRASTS
         f"{source_line(name, r)} Differences within each seed, then the mean ± 95% "
         f"interval over the {r.get('num_seeds')} seeds; `*`: the interval excludes 0."
     )
-    lines = [_paragraph(text), "", _table(["a - b", "duality gap", "KL(pi \\|\\| mu)"], rows)]
+    lines = [_paragraph(text), "", _table(["a - b", *figures], rows)]
     if judge_rows:
         header = ["RLP run", "refreshed - first judge, stage-1 pairs", "the same, own pairs"]
         lines += ["", _table(header, judge_rows)]

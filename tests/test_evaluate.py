@@ -164,6 +164,25 @@ def test_duality_gaps_and_kls_are_the_exact_evaluators(evaluated, runs):
     assert min(results["kl_to_reference"][1:]) > 0.01
 
 
+def test_exploitability_is_the_unregularized_gap(evaluated, runs):
+    """``exploitability``: the mean over prompts of ``2 max_y P(y > pi) - 1``, by a loop here;
+    0 at each prompt's unregularized NE (the LP's), and positive at the regularized NE, which
+    the unregularized game's best response beats."""
+    from nlhf_jax.tabular.solvers import nash_lp
+
+    results, _ = evaluated
+    task = SyntheticTask(**results["config"]["task"])
+    P = task.preference_matrices()
+    exact = evaluate.ExactEvaluator(task, _logp(runs[NAMES[0]], task), 0.1)
+    for i, name in enumerate(NAMES):
+        pi, _ = evaluate.normalized(_logp(runs[name], task))
+        by_loop = np.mean([2 * max(P[x] @ pi[x]) - 1 for x in range(len(pi))])
+        assert results["exploitability"][i] == pytest.approx(by_loop, abs=1e-12)
+    lp = np.stack([nash_lp(P_x)[0] for P_x in P])
+    assert exact(np.log(np.maximum(lp, 1e-300)))["exact/exploitability"] < 1e-6
+    assert exact(np.log(exact.nash))["exact/exploitability"] > 1e-3
+
+
 def test_judge_matrix_matches_a_loop_over_prompts(evaluated, runs):
     results, _ = evaluated
     task = SyntheticTask(**results["config"]["task"])

@@ -42,7 +42,9 @@ class ExactEvaluator:
     The preference matrices, each prompt's tau-regularized NE against the reference and the
     reference's own duality gap are fixed for a run, so they are computed once here; each call
     only scores the policy. Returns the duality gap, KL to the reference and from the NE, the
-    win rate against the reference and the mass on malformed responses.
+    exploitability in the unregularized game (``2 max_y P(y > pi) - 1``: the duality gap at
+    tau = 0, what the methods that aim at the unregularized NE, COMAL, MPO and OMWU, bring
+    to 0), the win rate against the reference and the mass on malformed responses.
     """
 
     def __init__(self, task: SyntheticTask, logp_ref: np.ndarray, tau: float):
@@ -78,9 +80,11 @@ class ExactEvaluator:
             kl_ref = np.asarray(solvers.kl(pi64, mu64))
             kl_nash = np.asarray(solvers.kl(ne64, pi64))
             win = np.asarray(jnp.einsum("xi,xij,xj->x", pi64, P64, mu64))
+            exploit = np.asarray(jax.vmap(solvers.duality_gap, (0, 0, None, 0))(P64, mu64, 0, pi64))
         return {
             "exact/duality_gap": float(self._gap(pi).mean()),
             "exact/reference_duality_gap": self.reference_gap,
+            "exact/exploitability": float(exploit.mean()),
             "exact/kl_to_reference": float(kl_ref.mean()),
             "exact/kl_nash_to_policy": float(kl_nash.mean()),
             "exact/win_rate_vs_reference": float(win.mean()),

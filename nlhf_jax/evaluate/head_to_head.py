@@ -119,6 +119,7 @@ def evaluate_runs(
         "methods": methods,
         "win_rate": win_rate_matrix(pi, exact.P).tolist(),
         "duality_gap": [m["exact/duality_gap"] for m in metrics],
+        "exploitability": [m["exact/exploitability"] for m in metrics],
         "kl_to_reference": [m["exact/kl_to_reference"] for m in metrics],
         "kl_nash_to_policy": [m["exact/kl_nash_to_policy"] for m in metrics],
         "invalid_mass": invalid.mean(-1).tolist(),

@@ -203,6 +203,7 @@ def table(aggregated: dict) -> str:
     ref = methods.index(aggregated.get("reference_name", methods[0]))
     columns = [  # (header, key, column of a matrix or None, digits)
         ("duality gap", "duality_gap", None, 4),
+        ("exploitability (τ = 0)", "exploitability", None, 4),
         ("KL(π‖μ)", "kl_to_reference", None, 4),
         (f"beats {methods[ref]} (oracle)", "win_rate", ref, 3),
     ]
