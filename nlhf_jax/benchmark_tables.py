@@ -174,9 +174,9 @@ def _load(r: dict) -> str:
     return f" 1-minute load average {start[0]:.2f} at the start, {end[0]:.2f} at the end."
 
 
-@renderer("benchmark_trl_nash_md")
-def render_benchmark_trl_nash_md(r: dict) -> str:
-    """``python benchmarks/trl_nash_md.py``: our Nash-MD-PG step and TRL's, examples/s."""
+def _trl_nash_md(name: str, r: dict) -> str:
+    """Our Nash-MD-PG step and TRL's, examples/s: on a preset's random weights, or on a
+    checkpoint's (``--checkpoint``, its name in the settings' ``preset``)."""
     s = r["settings"]
     rows = [
         [str(x["new_tokens"]), f"{x['ours_examples_per_s']:.2f}", f"{x['trl_examples_per_s']:.3f}",
@@ -184,16 +184,34 @@ def render_benchmark_trl_nash_md(r: dict) -> str:
          f"{x['trl_mixture_seconds']:.2f}", f"{x['mixture_ratio']:.1f}x"]
         for x in r["rows"]
     ]  # fmt: skip
+    flags = f"--new {','.join(map(str, s['new']))}"
+    shape = f"`{s['preset']}` shape"
+    if s.get("checkpoint"):
+        flags = f"--checkpoint {s['preset']} --batch {s['batch']} --prompt {s['prompt']} {flags}"
+        shape = f"`{s['preset']}`'s weights and tokenizer on both sides"
     text = (
-        f"{source_line('benchmark_trl_nash_md', r)} `python benchmarks/trl_nash_md.py --new "
-        f"{','.join(map(str, s['new']))} --steps {s['steps']} --warmup {s['warmup']} "
-        f"--torch-threads {s['torch_threads']}`: `{s['preset']}` shape, batch {s['batch']}, "
-        f"prompt {s['prompt']}; the median of {s['steps']} timed steps after {s['warmup']} "
-        f"untimed.{_load(r)}"
+        f"{source_line(name, r)} `python benchmarks/trl_nash_md.py {flags} --steps {s['steps']} "
+        f"--warmup {s['warmup']} --torch-threads {s['torch_threads']}`: {shape}, batch "
+        f"{s['batch']}, prompt {s['prompt']}; the median of {s['steps']} timed steps after "
+        f"{s['warmup']} untimed.{_load(r)}"
     )
     header = ["new tokens", "ours examples/s", "TRL examples/s", "ours / TRL",
               "ours mixture s", "TRL mixture s", "mixture ratio"]  # fmt: skip
     return f"{_paragraph(text)}\n\n{_table(header, rows)}"
+
+
+@renderer("benchmark_trl_nash_md")
+def render_benchmark_trl_nash_md(r: dict) -> str:
+    """``python benchmarks/trl_nash_md.py``: our Nash-MD-PG step and TRL's on the ``toy``
+    shape's random weights."""
+    return _trl_nash_md("benchmark_trl_nash_md", r)
+
+
+@renderer("trl_nash_md_smollm2")
+def render_trl_nash_md_smollm2(r: dict) -> str:
+    """``python benchmarks/trl_nash_md.py --checkpoint SmolLM2...gguf``: the same on real
+    weights, one judge for both sides."""
+    return _trl_nash_md("trl_nash_md_smollm2", r)
 
 
 @renderer("benchmark_tunix_sampler")

@@ -40,6 +40,7 @@ SOURCES = {
     "real_size": "benchmarks/real_size.json",
     "real_size_tiny": "benchmarks/real_size_tiny.json",
     "benchmark_trl_nash_md": "benchmarks/trl_nash_md.json",
+    "trl_nash_md_smollm2": "benchmarks/trl_nash_md_smollm2.json",
     "benchmark_tunix_sampler": "benchmarks/tunix_sampler.json",
     "benchmark_tokenize": "benchmarks/tokenize.json",
     "reproduce": "reproduce/results.json",
