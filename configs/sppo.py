@@ -2,6 +2,9 @@
 
 python -m nlhf_jax.train --config configs/sft.py --workdir runs/sft
 python -m nlhf_jax.train --config configs/sppo.py --workdir runs/sppo --config.init_from=runs/sft
+
+--config.samples=5 draws five responses a prompt and trains on the best and the worst by their
+win rates against the rest, as the paper does (every pair of the five is judged).
 """
 
 from nlhf_jax.train.defaults import base_config

@@ -143,17 +143,20 @@ def inpo_loss(
 
 
 def sppo_loss(
-    logp_a_bn, prev_logp_a_bn, mask_a_bn, logp_b_bn, prev_logp_b_bn, mask_b_bn, label_b, eta
-) -> Array:
+    logp_a_bn, prev_logp_a_bn, mask_a_bn, logp_b_bn, prev_logp_b_bn, mask_b_bn, label_b, eta,
+    win_b=None,
+) -> Array:  # fmt: skip
     """SPPO (docs/algorithms.md 7 and 11) on a pair a, b ~ pi_t (``prev``): each response's
-    log-ratio ``log pi(y)/pi_t(y)`` regressed on ``eta (P(y > pi_t) - 1/2)``, with
-    ``P(a > pi_t)`` estimated by the judged ``P(a > b)`` and ``P(b > pi_t)`` by ``1 - P(a > b)``
-    (the other sample of pi_t; unbiased)."""
+    log-ratio ``log pi(y)/pi_t(y)`` regressed on ``eta (P(y > pi_t) - 1/2)``. ``label_b``
+    estimates ``P(a > pi_t)`` and ``win_b`` ``P(b > pi_t)``; without ``win_b`` the pair is
+    the only sample, ``label_b`` is the judged ``P(a > b)`` and ``P(b > pi_t)`` is estimated by
+    ``1 - P(a > b)`` (the other sample of pi_t; unbiased)."""
     seq = sequence_logprob
     p = _sg(label_b)
+    q = 1.0 - p if win_b is None else _sg(win_b)
     d_a = seq(logp_a_bn - prev_logp_a_bn, mask_a_bn)
     d_b = seq(logp_b_bn - prev_logp_b_bn, mask_b_bn)
-    return jnp.mean((d_a - eta * (p - 0.5)) ** 2 + (d_b - eta * (0.5 - p)) ** 2)
+    return jnp.mean((d_a - eta * (p - 0.5)) ** 2 + (d_b - eta * (q - 0.5)) ** 2)
 
 
 def ema_update(ema, params, decay):

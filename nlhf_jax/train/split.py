@@ -39,6 +39,7 @@ from nlhf_jax.train.step import (
     compile_step,
     method_optimizer,
     online_parts,
+    sample_queries,
     step_key,
 )
 
@@ -78,12 +79,15 @@ def compile_split(config: ml_collections.ConfigDict, method, ctx, params=None) -
     judge = ctx.judge
     host_model = getattr(judge, "host_model", None)
 
+    k = method.num_samples(ctx.hp)
+
     def prepare(state, batch, rng, frozen):
-        # The fused prepare itself, its pair and its judge replaced by what was computed: every
-        # score after sampling is the same code as in the fused step.
-        a, b = batch["pair_a"], batch["pair_b"]
-        answered = _Answered(batch["preference"], batch.get("reward_a"), a.tokens)
-        sampled = dataclasses.replace(method, pair=lambda *_: (a, b))
+        # The fused prepare itself, its samples and its judge replaced by what was computed:
+        # every score after sampling is the same code as in the fused step.
+        drawn = batch["sampled"]
+        tokens_a = drawn[0].tokens if k == 2 else None
+        answered = _Answered(batch["preference"], batch.get("reward_a"), tokens_a)
+        sampled = dataclasses.replace(method, pair=lambda *_: drawn)
         fused, *_ = online_parts(sampled, dataclasses.replace(ctx, judge=answered))
         return fused(state, {k: batch[k] for k in PROMPTS}, rng, frozen)
 
@@ -110,27 +114,32 @@ def compile_split(config: ml_collections.ConfigDict, method, ctx, params=None) -
         judge.place(where)
 
     def rollout(state, batch, frozen):
+        """What the method samples, and the judge's questions about it: the pair itself, or
+        every pair of K samples (``sample_queries``, as the fused step asks them)."""
         check_batch(batch, PROMPTS)
         k_prep, _ = jax.random.split(step_key(state))  # make_step's split for prepare
         k_a, k_b = jax.random.split(k_prep)  # and online_parts' for the pair
-        return method.pair(ctx.bind(frozen), state, batch["prompt"], batch["prompt_mask"], k_a, k_b)
+        prompt, mask = batch["prompt"], batch["prompt_mask"]
+        sampled = method.pair(ctx.bind(frozen), state, prompt, mask, k_a, k_b)
+        if k == 2:
+            a, b = sampled
+            return sampled, (prompt, mask, a.tokens, a.mask, b.tokens, b.mask)
+        return sampled, sample_queries(prompt, mask, sampled)
 
     rollout = jax.jit(rollout, out_shardings=where.batch)
 
     def step(state, batch):
         batch = parallel.shard_batch(batch, where.batch)
-        a, b = rollout(state, batch, update.frozen)
-        pair = parallel.to_host(
-            (batch["prompt"], batch["prompt_mask"], a.tokens, a.mask, b.tokens, b.mask)
-        )
+        sampled, queries = rollout(state, batch, update.frozen)
+        queries = parallel.to_host(queries)
         start = time.perf_counter()
-        pref = check_probabilities(_name(judge), judge(*pair), len(pair[0]))
+        pref = check_probabilities(_name(judge), judge(*queries), len(queries[0]))
         answers = {"preference": pref.astype(np.float32)}
         if method.needs_reward:
-            answers["reward_a"] = np.asarray(judge.reward(*pair[:4]), np.float32)
+            answers["reward_a"] = np.asarray(judge.reward(*queries[:4]), np.float32)
         seconds = time.perf_counter() - start
-        answers = parallel.put(answers, {k: where.batch for k in answers})
-        state, metrics = update.step(state, {**batch, "pair_a": a, "pair_b": b, **answers})
+        answers = parallel.put(answers, {name: where.batch for name in answers})
+        state, metrics = update.step(state, {**batch, "sampled": sampled, **answers})
         return state, {**metrics, "time/judge_s": seconds}
 
     return Compiled(init_state=update.init_state, step=step, frozen=update.frozen)

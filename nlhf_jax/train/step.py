@@ -22,6 +22,7 @@ with ``compile_step``:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -330,6 +331,41 @@ def _judge_metrics(pref_b):
     }
 
 
+def _pairs(k: int) -> tuple[jax.Array, jax.Array]:
+    """The indices (i, j) of every pair i < j of K responses, as two arrays."""
+    first, second = zip(*itertools.combinations(range(k), 2), strict=True)
+    return jnp.asarray(first), jnp.asarray(second)
+
+
+def sample_queries(prompt: jax.Array, mask: jax.Array, ys) -> tuple:
+    """The judge's questions about K responses per prompt (``ys``: leaves ``[b, K, ...]``):
+    every pair i < j, as one batch of ``b * K (K - 1) / 2`` rows (prompt-major), in the judge's
+    argument order ``(prompt, its mask, y, its mask, y', its mask)``."""
+    first, second = _pairs(ys.tokens.shape[1])
+    rows = lambda x: x.reshape(-1, *x.shape[2:])
+    again = lambda x: jnp.repeat(x, len(first), axis=0)
+    return (
+        again(prompt), again(mask),
+        rows(ys.tokens[:, first]), rows(ys.mask[:, first]),
+        rows(ys.tokens[:, second]), rows(ys.mask[:, second]),
+    )  # fmt: skip
+
+
+def wins_matrix(answers: jax.Array, k: int) -> jax.Array:
+    """``[b, K, K]``: P(y_i > y_j) from the answers to ``sample_queries``' questions, P(y_j >
+    y_i) = 1 - P(y_i > y_j), 1/2 on the diagonal."""
+    first, second = _pairs(k)
+    p = answers.reshape(-1, len(first))  # [b, pairs]
+    wins = jnp.full((p.shape[0], k, k), 0.5, p.dtype)
+    return wins.at[:, first, second].set(p).at[:, second, first].set(1.0 - p)
+
+
+def take_rows(ys: Any, index: jax.Array) -> Any:
+    """Response ``index[r]`` of K for each prompt r, from leaves of ``[b, K, ...]``."""
+    rows = jnp.arange(index.shape[0])
+    return jax.tree.map(lambda x: x[rows, index], ys)
+
+
 def online_parts(method, ctx) -> tuple[Prepare, LossFn, After | None, Callable | None]:
     """The step's parts of an online ``method`` (``nlhf_jax.train.online.Method``) in the
     context ``ctx`` (``online.Context``: its hyperparameters, samplers, reference and judge):
@@ -342,14 +378,25 @@ def online_parts(method, ctx) -> tuple[Prepare, LossFn, After | None, Callable |
     and a model judge from the traced ``frozen`` models (``frozen_models``).
     """
 
+    k = method.num_samples(ctx.hp)
+
     def prepare(state, batch, rng, frozen):
         c = ctx.bind(frozen)
         k_a, k_b = jax.random.split(rng)
         prompt, mask = batch["prompt"], batch["prompt_mask"]
-        a, b = method.pair(c, state, prompt, mask, k_a, k_b)
-        pref_b = c.judge(prompt, mask, a.tokens, a.mask, b.tokens, b.mask)
+        sampled = method.pair(c, state, prompt, mask, k_a, k_b)
+        chosen = {}
+        if k == 2:
+            a, b = sampled
+            pref_b = c.judge(prompt, mask, a.tokens, a.mask, b.tokens, b.mask)
+        else:  # K samples: every pair judged at once, the method picks the pair (Method.samples)
+            wins = wins_matrix(c.judge(*sample_queries(prompt, mask, sampled)), k)
+            i_a, i_b, chosen = method.choose(ctx.hp, wins)
+            a, b = take_rows(sampled, i_a), take_rows(sampled, i_b)
+            pref_b = wins[jnp.arange(wins.shape[0]), i_a, i_b]
         out = {
             **batch,
+            **chosen,
             "response_a": a.tokens,
             "response_a_mask": a.mask,
             "response_b": b.tokens,

@@ -40,11 +40,9 @@ def _config(sft_run, judge):
     return config
 
 
-def test_split_step_is_the_fused_step(sft_run, judge_runs, tmp_path, monkeypatch):
-    """RLHF against a reward-model run, once fused and once with the judge (preference and
-    reward) answered on the host: the rollout draws the fused step's pair (same key) and the
-    update gives the same gradient, to float32 rounding of the judge's separate program."""
-    config = _config(sft_run, judge_runs["reward_model"])
+def _fused_then_host(config, tmp_path, monkeypatch):
+    """One step of ``config``'s trainer fused, then with its judge answered on the host:
+    (Adam's first moment, metrics) of each, and the host judges made."""
     load = online_trainer.load_judge
     out, hosts = {}, []
     for where in ("fused", "host"):
@@ -54,7 +52,15 @@ def test_split_step_is_the_fused_step(sft_run, judge_runs, tmp_path, monkeypatch
         trainer = methods.build(config, str(tmp_path / where))
         state, metrics = trainer.step(trainer.init_state(), next(trainer.data))
         out[where] = jax.device_get((adam_moments(state).mu, metrics))
-    (fused, m_fused), (host, m_host) = out["fused"], out["host"]
+    return out["fused"], out["host"], hosts
+
+
+def test_split_step_is_the_fused_step(sft_run, judge_runs, tmp_path, monkeypatch):
+    """RLHF against a reward-model run, once fused and once with the judge (preference and
+    reward) answered on the host: the rollout draws the fused step's pair (same key) and the
+    update gives the same gradient, to float32 rounding of the judge's separate program."""
+    config = _config(sft_run, judge_runs["reward_model"])
+    (fused, m_fused), (host, m_host), hosts = _fused_then_host(config, tmp_path, monkeypatch)
     assert "time/judge_s" in m_host and "time/judge_s" not in m_fused
     # The logged response length is the mean token count of y ~ pi, the pair's first response.
     y_mask = hosts[-1].pair[3]
@@ -64,5 +70,22 @@ def test_split_step_is_the_fused_step(sft_run, judge_runs, tmp_path, monkeypatch
     # The gradient through Adam's first moment, (1 - b1) g after one step. Not the parameters:
     # Adam's first step moves each one by lr g / (|g| + eps), so where |g| is near eps a float32
     # rounding of g is 1e-4 of the step (seen: 2e-6 of lr = 1e-2 on one weight of 8,192).
+    for a, b in zip(jax.tree.leaves(host), jax.tree.leaves(fused), strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max())
+
+
+def test_sppos_k_samples_split_is_fused(sft_run, judge_runs, tmp_path, monkeypatch):
+    """SPPO with K = 4 samples a prompt against a preference-model run: the host judge is asked
+    every pair of the four (6 questions a prompt, ``sample_queries``), and the update from its
+    answers is the fused step's, which asks the same judge the same questions on the device."""
+    config = base_config("sppo")
+    config.init_from, config.judge = sft_run, judge_runs["preference_model"]
+    config.batch_size, config.num_steps, config.samples = 8, 10, 4
+    config.optimizer.learning_rate, config.optimizer.warmup_steps = 1e-2, 0
+    config.mesh.num_devices = 1
+    (fused, m_fused), (host, m_host), hosts = _fused_then_host(config, tmp_path, monkeypatch)
+    assert len(hosts[-1].pair[0]) == 8 * 6  # every pair of 4, for each of the 8 prompts
+    for key in m_fused:
+        assert m_host[key] == pytest.approx(m_fused[key], rel=1e-5, abs=1e-6), key
     for a, b in zip(jax.tree.leaves(host), jax.tree.leaves(fused), strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max())

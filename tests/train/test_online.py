@@ -185,6 +185,51 @@ def test_egpo_keeps_the_half_steps_start_and_returns_to_it(sft_run, tmp_path):
     assert not _equal(traj[2][0], traj[1][0])
 
 
+def test_k_samples_every_pair_is_asked_and_answered_into_one_matrix():
+    """``sample_queries`` asks about every pair i < j of K responses per prompt, and
+    ``wins_matrix`` puts the answers where P(y_i > y_j) belongs (1 - it at [j, i], 1/2 on the
+    diagonal): checked against a judge computed here on every ordered pair; ``take_rows``
+    picks each prompt's own response."""
+    import jax.numpy as jnp
+
+    from nlhf_jax.sampling import SampleOutput
+    from nlhf_jax.train.step import sample_queries, take_rows, wins_matrix
+
+    b, k, n = 3, 4, 5
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 50, (b, k, n)))
+    zeros = jnp.zeros((b, k, n))
+    ys = SampleOutput(tokens, jnp.ones((b, k, n), bool), zeros, None, zeros)
+    prompt = jnp.arange(b)[:, None] * jnp.ones((1, 2), int)
+    judge = lambda x, xm, y, ym, z, zm: jax.nn.sigmoid((y.sum(-1) - z.sum(-1)) / 50.0 + x[:, 0])
+    q = sample_queries(prompt, jnp.ones_like(prompt, bool), ys)
+    assert q[2].shape == (b * k * (k - 1) // 2, n)
+    wins = np.asarray(wins_matrix(judge(*q), k))
+    s = np.asarray(tokens.sum(-1), np.float64)
+    want = 1 / (1 + np.exp(-((s[:, :, None] - s[:, None, :]) / 50.0 + np.arange(b)[:, None, None])))
+    want[:, np.arange(k), np.arange(k)] = 0.5
+    upper = np.triu(np.ones((k, k), bool), 1)
+    np.testing.assert_allclose(wins[:, upper], want[:, upper], rtol=1e-6)
+    np.testing.assert_allclose(wins + wins.transpose(0, 2, 1), 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(np.diagonal(wins, axis1=1, axis2=2), 0.5)
+    picked = take_rows(ys, jnp.array([2, 0, 3]))
+    np.testing.assert_array_equal(picked.tokens, tokens[np.arange(b), [2, 0, 3]])
+
+
+def test_sppo_trains_on_the_best_and_worst_of_k_by_their_win_rates():
+    """SPPO's choice among K: the best and the worst by the mean win rate against the other
+    K - 1 (its own 1/2 left out), with those rates; never one response twice, even in a tie."""
+    from nlhf_jax.train.online import sppo
+
+    wins = np.full((2, 3, 3), 0.5)
+    wins[0] = [[0.5, 0.9, 0.8], [0.1, 0.5, 0.3], [0.2, 0.7, 0.5]]  # rates 0.85, 0.2, 0.45
+    best, worst, fields = (np.asarray(x) if not isinstance(x, dict) else x
+                           for x in sppo._choose(None, jax.numpy.asarray(wins)))  # fmt: skip
+    assert best[0] == 0 and worst[0] == 1
+    np.testing.assert_allclose(np.asarray(fields["win_a"])[0], 0.85)
+    np.testing.assert_allclose(np.asarray(fields["win_b"])[0], 0.2)
+    assert best[1] != worst[1]  # all tied at 1/2
+
+
 def test_onpos_update_is_the_optimistic_equation():
     """ONPO's rule by hand over three steps: ``u_t = -lr (2 r_t - r_{t-1})`` with
     ``r_t = g_t / (sqrt(v_t / (1 - b2^t)) + eps)`` (no first moment) and ``r_0 = r_1``."""

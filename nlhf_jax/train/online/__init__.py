@@ -21,8 +21,9 @@ method            samples                                    aux         hyperpa
 ``inpo``          a, b ~ pi_t, the policy at the round's     ``prev``    tau, eta,
                   start (rounds of ``round_steps``)                      round_steps
 ``rlhf``          y ~ pi, scored by the judge's reward       --          tau
-``sppo``          a, b ~ pi_t; each log-ratio to pi_t         ``prev``    eta,
-                  regressed on eta (P(y > pi_t) - 1/2)                   round_steps
+``sppo``          a, b ~ pi_t (or the best and worst of      ``prev``    eta,
+                  ``samples`` = K); each log-ratio to pi_t               round_steps,
+                  regressed on eta (P(y > pi_t) - 1/2)                   samples
 ``egpo``          a, b ~ pi at the half step, then at the     ``anchor``  tau
                   half-step policy; the full step's update
                   lands on the anchor (extragradient)

@@ -126,6 +126,9 @@ AfterFn = Callable[[Any, "TrainState", "TrainState"], dict]
 UpdateBaseFn = Callable[[Any, "TrainState"], Any]
 # optimizer(hp, schedule) -> the update rule in AdamW's place (clipping stays before it).
 OptimizerFn = Callable[[Any, Callable[[Array], Array]], Any]
+# choose(hp, wins [b, K, K]) -> (index of a [b], index of b [b], batch fields): the judged pair
+# of K samples, ``wins[r, i, j]`` = P(y_i > y_j) for prompt r (1/2 on the diagonal).
+ChooseFn = Callable[[Any, Array], tuple[Array, Array, dict]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,6 +159,15 @@ class Method:
         (``nlhf_jax.train.initial.optimizer``), in place of AdamW; gradient clipping at
         ``optimizer.max_grad_norm`` still comes first (ONPO: optax's optimistic Adam). None:
         AdamW.
+      samples: K, the responses drawn per prompt, as a function of the hyperparameters (SPPO's
+        win-rate estimates from K samples); None: 2, the pair. With K > 2, ``pair`` returns
+        the K responses of each prompt stacked (a ``SampleOutput`` of ``[b, K, n]``);
+        the judge is asked about every pair i < j of them in one call
+        (``nlhf_jax.train.step.sample_queries``), on the device or, split, on the host, which
+        so answers exactly what the step uses; and
+        ``choose`` picks the judged pair a, b from the matrix of answers, adding its fields
+        (win-rate estimates) to the batch. ``preference`` is then the judge's P(a > b).
+      choose: see ``samples``.
     """
 
     name: str
@@ -169,6 +181,12 @@ class Method:
     needs_reward: bool = False
     update_base: UpdateBaseFn | None = None
     optimizer: OptimizerFn | None = None
+    samples: Callable[[Any], int] | None = None
+    choose: ChooseFn | None = None
+
+    def num_samples(self, hp) -> int:
+        """K, the responses a step draws per prompt (2: the judged pair itself)."""
+        return 2 if self.samples is None else int(self.samples(hp))
 
     def aux_names(self, hp) -> tuple[str, ...]:
         """The names of the copies in ``state.aux`` of a run with hyperparameters ``hp``."""
