@@ -30,9 +30,12 @@ demo: $(STAMP)
 
 # The demo over 5 seeds, each a whole pipeline (its own SFT, judges and policies) in
 # runs/reproduce/seed_<k>; runs/reproduce/results.json holds means and 95% intervals over seeds,
-# and the results table is printed. Finished seeds and stages are skipped.
+# and the results table is printed. Then the same for the methods published since the seeds
+# (configs/demo_since.py) into runs/reproduce_since. Finished seeds and stages are skipped.
 reproduce: $(STAMP)
 	$(PY) -m nlhf_jax.train --config configs/demo.py --workdir runs/reproduce --config.demo.seeds=5
+	$(PY) -m nlhf_jax.train --config configs/demo_since.py --workdir runs/reproduce_since \
+	    --config.demo.seeds=5
 
 # The exact tabular lab (seconds): every algorithm on small games, into runs/tabular.
 tabular: $(STAMP)

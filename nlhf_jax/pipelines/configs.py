@@ -32,6 +32,7 @@ SINCE_POLICIES = {
     "comal": ("comal", {"round_steps": 25, "reset_steps": 100}),
     "mpo": ("mpo", {"round_steps": 25, "magnet_steps": 100}),
     "mnpo": ("mnpo", {"round_steps": 30}),
+    "onpo": ("onpo", {}),
 }
 # name -> (stage-1 policy, refresh): RLP (nlhf_jax/pipelines/rlp.py), after the policies above: the
 # judge of the stage-1 policy is retrained on its samples, and the method trained again from SFT.
