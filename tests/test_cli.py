@@ -149,6 +149,12 @@ def test_the_demo_pipelines_config_passes_validation(tmp_path):
 
 
 def test_help_exits_0_and_print_config_shows_every_key():
+    # Without --config: the embedded default, the demo's config, found through the package's
+    # entry points (the trainers never import the pipelines).
+    from nlhf_jax.pipelines.configs import demo_config
+
+    out = _train("--print_config", check=0)
+    assert f"demo.policies = {demo_config().demo.policies!r}" in out.stdout.splitlines()
     out = _train("--help", check=0)
     assert "--print_config" in out.stdout and "optimizer.learning_rate" in out.stdout
     out = _train("--config", "configs/nash_md.py", "--print_config", "--config.beta=0.5",
