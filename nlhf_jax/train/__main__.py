@@ -84,8 +84,8 @@ def _entry_points(group: str) -> dict[str, metadata.EntryPoint]:
     found = {e.name: e for e in metadata.entry_points(group=group)}
     if not found:
         raise UserError(
-            f"no entry points in group {group!r}: nlhf-jax is not installed as a package "
-            "(pip install -e . in the repository)"
+            f"no entry points in group {group!r}: nlhf-jax is not installed as a package, or "
+            "its metadata predates them; (re)install it (pip install -e . in the repository)"
         )
     return found
 

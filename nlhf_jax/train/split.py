@@ -8,7 +8,9 @@ so its step runs in three parts:
    receives (``step_key``, split the same way), so it draws the pair the fused step would;
 2. judge, on the host: the prompts and the pair's tokens and masks come back to the host, and
    the judge answers P(a > b), checked (a NumPy array of shape [b] in [0, 1], else one line
-   naming the judge); a method that maximizes a reward (RLHF) also gets r(x, a);
+   naming the judge); a method that maximizes a reward (RLHF) also gets r(x, a). A method
+   drawing K > 2 samples a prompt (``Method.samples``: SPPO's) sends every pair of them
+   instead (``sample_queries``, b K (K - 1) / 2 rows), the questions its fused step asks;
 3. update, jitted, the state donated: the fused step's own ``prepare`` on the pair already
    sampled and the judge's answers (reference scores, the method's extra scores), then the
    loss, optax and ``after``, as fused.
@@ -49,7 +51,7 @@ class _Answered:
     """The host judge inside the update: its answers, already computed.
 
     Attributes:
-      preference: P(a > b) [b].
+      preference: P(a > b) [b], or with K samples the answers to ``sample_queries``.
       reward_a: r(x, a) [b] for a reward-maximizing method, else None.
       tokens_a: the pair's a, the only response whose reward the host computed.
     """

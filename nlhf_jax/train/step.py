@@ -390,7 +390,8 @@ def online_parts(method, ctx) -> tuple[Prepare, LossFn, After | None, Callable |
             a, b = sampled
             pref_b = c.judge(prompt, mask, a.tokens, a.mask, b.tokens, b.mask)
         else:  # K samples: every pair judged at once, the method picks the pair (Method.samples)
-            wins = wins_matrix(c.judge(*sample_queries(prompt, mask, sampled)), k)
+            answers = c.judge(*sample_queries(prompt, mask, sampled))
+            wins = wins_matrix(answers, k)
             i_a, i_b, chosen = method.choose(ctx.hp, wins)
             a, b = take_rows(sampled, i_a), take_rows(sampled, i_b)
             pref_b = wins[jnp.arange(wins.shape[0]), i_a, i_b]
@@ -406,7 +407,9 @@ def online_parts(method, ctx) -> tuple[Prepare, LossFn, After | None, Callable |
         }
         if method.scores_b:
             out["ref_logp_b"] = c.score(c.reference, prompt, mask, b)
-        metrics = {"rewards/probabilities": jnp.mean(pref_b), **_judge_metrics(pref_b)}
+        # The judge's health over every answer it gave (K samples: all pairs, not the chosen).
+        asked = pref_b if k == 2 else answers
+        metrics = {"rewards/probabilities": jnp.mean(pref_b), **_judge_metrics(asked)}
         if method.extra is not None:
             fields, extra_metrics = method.extra(c, state, prompt, mask, a, b)
             out.update(fields)

@@ -419,6 +419,18 @@ def _scaled_loss(hp, batch, logp_a, logp_b):
     return hp.scale * pg
 
 
+def test_k_samples_without_a_choice_or_with_a_reward_are_refused_at_registration():
+    """A method drawing K samples must say which pair it trains on, and cannot ask for a reward
+    (the host split answers one, for the pair's a)."""
+    k = lambda hp: 3
+    for kw in ({"samples": k}, {"samples": k, "choose": lambda hp, w: w, "needs_reward": True}):
+        with pytest.raises(TypeError, match="K samples need choose, and no reward"):
+            online.register(
+                online.Method("k_bad", _VsReference, _vs_reference_pair, _scaled_loss, **kw)
+            )
+    assert "k_bad" not in online.METHODS
+
+
 def test_a_method_defined_in_a_test_trains_through_the_registry(sft_run, tmp_path):
     method = online.register(
         online.Method("vs_reference", _VsReference, pair=_vs_reference_pair, loss=_scaled_loss)

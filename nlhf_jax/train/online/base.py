@@ -204,6 +204,9 @@ def register(method: Method) -> Method:
     """Adds ``method`` to the registry ``python -m nlhf_jax.train`` and the configs read."""
     if not (dataclasses.is_dataclass(method.params) and method.params.__dataclass_params__.frozen):
         raise TypeError(f"{method.name}: params must be a frozen dataclass type")
+    if method.samples is not None and (method.choose is None or method.needs_reward):
+        # The host split answers a reward for the pair's a only (nlhf_jax.train.split).
+        raise TypeError(f"{method.name}: K samples need choose, and no reward")
     METHODS[method.name] = method
     return method
 

@@ -8,8 +8,9 @@ normalized gradient without momentum (optax's ``scale_by_adam`` at ``b1 = 0``,
 step is ``-lr_t (2 r_t - r_{t-1})``, the exact form's extrapolation applied to gradients. One
 judged batch a step (EGPO's extragradient takes two). No momentum, because momentum averages the
 past where optimism extrapolates from it: on the bilinear game ``x y`` at learning rate 0.05 this
-rule reaches the saddle, and with Adam's ``b1 = 0.9`` or without the optimism it spirals out, as
-AdamW does (``tests/train/test_online.py``). optax's own ``optimistic_adam`` takes a constant
+rule reaches the saddle, and without the optimism it spirals out, as AdamW does
+(``tests/train/test_online.py``; with Adam's ``b1 = 0.9`` and the optimism it spiralled out too,
+measured once outside the tests). optax's own ``optimistic_adam`` takes a constant
 learning rate (and keeps momentum), hence the chain.
 
 Approximation, stated: the paper's optimism is over the game's iterates, each solved by an
