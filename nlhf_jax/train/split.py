@@ -10,7 +10,7 @@ so its step runs in three parts:
    the judge answers P(a > b), checked (a NumPy array of shape [b] in [0, 1], else one line
    naming the judge); a method that maximizes a reward (RLHF) also gets r(x, a). A method
    drawing K > 2 samples a prompt (``Method.samples``: SPPO's) sends every pair of them
-   instead (``sample_queries``, b K (K - 1) / 2 rows), the questions its fused step asks;
+   instead (``judge_questions``, b K (K - 1) / 2 rows), the questions its fused step asks;
 3. update, jitted, the state donated: the fused step's own ``prepare`` on the pair already
    sampled and the judge's answers (reference scores, the method's extra scores), then the
    loss, optax and ``after``, as fused.
@@ -33,6 +33,7 @@ import numpy as np
 
 from nlhf_jax import parallel
 from nlhf_jax.judges.host import check_probabilities
+from nlhf_jax.train.questions import judge_questions
 from nlhf_jax.train.step import (
     JUDGED_PAIR,
     PROMPTS,
@@ -41,7 +42,6 @@ from nlhf_jax.train.step import (
     compile_step,
     method_optimizer,
     online_parts,
-    sample_queries,
     step_key,
 )
 
@@ -51,7 +51,7 @@ class _Answered:
     """The host judge inside the update: its answers, already computed.
 
     Attributes:
-      preference: P(a > b) [b], or with K samples the answers to ``sample_queries``.
+      preference: P(a > b) [b], or with K samples the answers to ``judge_questions``.
       reward_a: r(x, a) [b] for a reward-maximizing method, else None.
       tokens_a: the pair's a, the only response whose reward the host computed.
     """
@@ -116,17 +116,14 @@ def compile_split(config: ml_collections.ConfigDict, method, ctx, params=None) -
         judge.place(where)
 
     def rollout(state, batch, frozen):
-        """What the method samples, and the judge's questions about it: the pair itself, or
-        every pair of K samples (``sample_queries``, as the fused step asks them)."""
+        """What the method samples, and the judge's questions about it (``judge_questions``,
+        as the fused step asks them)."""
         check_batch(batch, PROMPTS)
         k_prep, _ = jax.random.split(step_key(state))  # make_step's split for prepare
         k_a, k_b = jax.random.split(k_prep)  # and online_parts' for the pair
         prompt, mask = batch["prompt"], batch["prompt_mask"]
         sampled = method.pair(ctx.bind(frozen), state, prompt, mask, k_a, k_b)
-        if k == 2:
-            a, b = sampled
-            return sampled, (prompt, mask, a.tokens, a.mask, b.tokens, b.mask)
-        return sampled, sample_queries(prompt, mask, sampled)
+        return sampled, judge_questions(prompt, mask, sampled, k)
 
     rollout = jax.jit(rollout, out_shardings=where.batch)
 

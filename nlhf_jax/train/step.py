@@ -22,7 +22,6 @@ with ``compile_step``:
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -48,6 +47,7 @@ from nlhf_jax.train.batches import (  # noqa: F401
     PROMPTS,
     check_batch,
 )
+from nlhf_jax.train.questions import judge_questions, take_rows, wins_matrix
 
 # loss_fn(graphdef, params, batch, rng) -> (scalar loss, metrics dict)
 LossFn = Callable[[nnx.GraphDef, nnx.State, dict, jax.Array], tuple[jax.Array, dict]]
@@ -331,41 +331,6 @@ def _judge_metrics(pref_b):
     }
 
 
-def _pairs(k: int) -> tuple[jax.Array, jax.Array]:
-    """The indices (i, j) of every pair i < j of K responses, as two arrays."""
-    first, second = zip(*itertools.combinations(range(k), 2), strict=True)
-    return jnp.asarray(first), jnp.asarray(second)
-
-
-def sample_queries(prompt: jax.Array, mask: jax.Array, ys) -> tuple:
-    """The judge's questions about K responses per prompt (``ys``: leaves ``[b, K, ...]``):
-    every pair i < j, as one batch of ``b * K (K - 1) / 2`` rows (prompt-major), in the judge's
-    argument order ``(prompt, its mask, y, its mask, y', its mask)``."""
-    first, second = _pairs(ys.tokens.shape[1])
-    rows = lambda x: x.reshape(-1, *x.shape[2:])
-    again = lambda x: jnp.repeat(x, len(first), axis=0)
-    return (
-        again(prompt), again(mask),
-        rows(ys.tokens[:, first]), rows(ys.mask[:, first]),
-        rows(ys.tokens[:, second]), rows(ys.mask[:, second]),
-    )  # fmt: skip
-
-
-def wins_matrix(answers: jax.Array, k: int) -> jax.Array:
-    """``[b, K, K]``: P(y_i > y_j) from the answers to ``sample_queries``' questions, P(y_j >
-    y_i) = 1 - P(y_i > y_j), 1/2 on the diagonal."""
-    first, second = _pairs(k)
-    p = answers.reshape(-1, len(first))  # [b, pairs]
-    wins = jnp.full((p.shape[0], k, k), 0.5, p.dtype)
-    return wins.at[:, first, second].set(p).at[:, second, first].set(1.0 - p)
-
-
-def take_rows(ys: Any, index: jax.Array) -> Any:
-    """Response ``index[r]`` of K for each prompt r, from leaves of ``[b, K, ...]``."""
-    rows = jnp.arange(index.shape[0])
-    return jax.tree.map(lambda x: x[rows, index], ys)
-
-
 def online_parts(method, ctx) -> tuple[Prepare, LossFn, After | None, Callable | None]:
     """The step's parts of an online ``method`` (``nlhf_jax.train.online.Method``) in the
     context ``ctx`` (``online.Context``: its hyperparameters, samplers, reference and judge):
@@ -385,12 +350,11 @@ def online_parts(method, ctx) -> tuple[Prepare, LossFn, After | None, Callable |
         k_a, k_b = jax.random.split(rng)
         prompt, mask = batch["prompt"], batch["prompt_mask"]
         sampled = method.pair(c, state, prompt, mask, k_a, k_b)
+        answers = c.judge(*judge_questions(prompt, mask, sampled, k))
         chosen = {}
         if k == 2:
-            a, b = sampled
-            pref_b = c.judge(prompt, mask, a.tokens, a.mask, b.tokens, b.mask)
+            (a, b), pref_b = sampled, answers
         else:  # K samples: every pair judged at once, the method picks the pair (Method.samples)
-            answers = c.judge(*sample_queries(prompt, mask, sampled))
             wins = wins_matrix(answers, k)
             i_a, i_b, chosen = method.choose(ctx.hp, wins)
             a, b = take_rows(sampled, i_a), take_rows(sampled, i_b)
@@ -408,8 +372,7 @@ def online_parts(method, ctx) -> tuple[Prepare, LossFn, After | None, Callable |
         if method.scores_b:
             out["ref_logp_b"] = c.score(c.reference, prompt, mask, b)
         # The judge's health over every answer it gave (K samples: all pairs, not the chosen).
-        asked = pref_b if k == 2 else answers
-        metrics = {"rewards/probabilities": jnp.mean(pref_b), **_judge_metrics(asked)}
+        metrics = {"rewards/probabilities": jnp.mean(pref_b), **_judge_metrics(answers)}
         if method.extra is not None:
             fields, extra_metrics = method.extra(c, state, prompt, mask, a, b)
             out.update(fields)

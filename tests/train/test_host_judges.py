@@ -76,7 +76,7 @@ def test_split_step_is_the_fused_step(sft_run, judge_runs, tmp_path, monkeypatch
 
 def test_sppos_k_samples_split_is_fused(sft_run, judge_runs, tmp_path, monkeypatch):
     """SPPO with K = 4 samples a prompt against a preference-model run: the host judge is asked
-    every pair of the four (6 questions a prompt, ``sample_queries``), and the update from its
+    every pair of the four (6 questions a prompt, ``judge_questions``), and the update from its
     answers is the fused step's, which asks the same judge the same questions on the device."""
     config = base_config("sppo")
     config.init_from, config.judge = sft_run, judge_runs["preference_model"]

@@ -186,14 +186,14 @@ def test_egpo_keeps_the_half_steps_start_and_returns_to_it(sft_run, tmp_path):
 
 
 def test_k_samples_every_pair_is_asked_and_answered_into_one_matrix():
-    """``sample_queries`` asks about every pair i < j of K responses per prompt, and
+    """``judge_questions`` asks about every pair i < j of K responses per prompt, and
     ``wins_matrix`` puts the answers where P(y_i > y_j) belongs (1 - it at [j, i], 1/2 on the
     diagonal): checked against a judge computed here on every ordered pair; ``take_rows``
     picks each prompt's own response."""
     import jax.numpy as jnp
 
     from nlhf_jax.sampling import SampleOutput
-    from nlhf_jax.train.step import sample_queries, take_rows, wins_matrix
+    from nlhf_jax.train.questions import judge_questions, take_rows, wins_matrix
 
     b, k, n = 3, 4, 5
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, 50, (b, k, n)))
@@ -201,7 +201,7 @@ def test_k_samples_every_pair_is_asked_and_answered_into_one_matrix():
     ys = SampleOutput(tokens, jnp.ones((b, k, n), bool), zeros, None, zeros)
     prompt = jnp.arange(b)[:, None] * jnp.ones((1, 2), int)
     judge = lambda x, xm, y, ym, z, zm: jax.nn.sigmoid((y.sum(-1) - z.sum(-1)) / 50.0 + x[:, 0])
-    q = sample_queries(prompt, jnp.ones_like(prompt, bool), ys)
+    q = judge_questions(prompt, jnp.ones_like(prompt, bool), ys, k)
     assert q[2].shape == (b * k * (k - 1) // 2, n)
     wins = np.asarray(wins_matrix(judge(*q), k))
     s = np.asarray(tokens.sum(-1), np.float64)

@@ -163,7 +163,7 @@ class Method:
         win-rate estimates from K samples); None: 2, the pair. With K > 2, ``pair`` returns
         the K responses of each prompt stacked (a ``SampleOutput`` of ``[b, K, n]``);
         the judge is asked about every pair i < j of them in one call
-        (``nlhf_jax.train.step.sample_queries``), on the device or, split, on the host, which
+        (``nlhf_jax.train.questions.judge_questions``), on the device or, split, on the host, which
         so answers exactly what the step uses; and
         ``choose`` picks the judged pair a, b from the matrix of answers, adding its fields
         (win-rate estimates) to the batch. ``preference`` is then the judge's P(a > b).
