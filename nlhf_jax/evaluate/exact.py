@@ -64,10 +64,13 @@ class ExactEvaluator:
         """The prompt-averaged duality gap of ``pi [prompts, R]`` in the true game."""
         return float(self._gap(pi_xr).mean())
 
-    def _gap(self, pi: np.ndarray) -> np.ndarray:
+    def _gap(self, pi: np.ndarray, tau: float | None = None) -> np.ndarray:
+        """Each prompt's duality gap of ``pi`` in the game regularized by ``tau`` (default the
+        evaluator's; 0: the unregularized game's exploitability)."""
+        tau = self.tau if tau is None else tau
         with jax.enable_x64(True):
             P64, mu64, pi64 = (jnp.asarray(a, jnp.float64) for a in (self.P, self.mu, pi))
-            gap = jax.vmap(solvers.duality_gap, (0, 0, None, 0))(P64, mu64, self.tau, pi64)
+            gap = jax.vmap(solvers.duality_gap, (0, 0, None, 0))(P64, mu64, tau, pi64)
             return np.asarray(gap)
 
     def __call__(self, logp_pi: np.ndarray) -> dict:
@@ -80,11 +83,10 @@ class ExactEvaluator:
             kl_ref = np.asarray(solvers.kl(pi64, mu64))
             kl_nash = np.asarray(solvers.kl(ne64, pi64))
             win = np.asarray(jnp.einsum("xi,xij,xj->x", pi64, P64, mu64))
-            exploit = np.asarray(jax.vmap(solvers.duality_gap, (0, 0, None, 0))(P64, mu64, 0, pi64))
         return {
             "exact/duality_gap": float(self._gap(pi).mean()),
             "exact/reference_duality_gap": self.reference_gap,
-            "exact/exploitability": float(exploit.mean()),
+            "exact/exploitability": float(self._gap(pi, 0).mean()),
             "exact/kl_to_reference": float(kl_ref.mean()),
             "exact/kl_nash_to_policy": float(kl_nash.mean()),
             "exact/win_rate_vs_reference": float(win.mean()),
